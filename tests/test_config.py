@@ -1,0 +1,70 @@
+"""Profiles, overrides and the errors a user sees before any work starts."""
+import pytest
+
+from polyplib.config import config_from_dict, load_config, parse_override, profiles
+from polyplib.errors import ConfigError
+from polyplib.stages import STAGES, stage_keys
+
+
+def test_shipped_profiles_load_and_differ():
+    assert set(profiles()) >= {"smoke", "course", "paper"}
+    smoke, course, paper = (load_config(p) for p in ("smoke", "course", "paper"))
+    assert smoke.data.source == course.data.source == "phantom"
+    assert paper.data.source == "real" and paper.data.resolution == 256 and paper.data.split.kind == "paper"
+    assert smoke.data.resolution < course.data.resolution <= paper.data.resolution
+    assert smoke.profile == "smoke"
+
+
+def test_override_values_are_typed():
+    cfg = load_config("smoke", ["data.resolution=48", "data.resize=pad", "run.progress=false",
+                                "data.datasets={x: X}"])
+    assert cfg.data.resolution == 48 and cfg.data.resize == "pad" and cfg.run.progress is False
+    assert cfg.data.datasets == {"x": "X"}
+    assert parse_override("a.b=1.5") == ("a.b", 1.5)
+
+
+@pytest.mark.parametrize("profile, overrides, must_name", [
+    ("nope", [], ["nope", "smoke", "course", "paper"]),
+    ("smoke", ["data.resolutoin=3"], ["data.resolutoin", "resolution"]),
+    ("smoke", ["dta.resolution=3"], ["dta", "data"]),
+    ("smoke", ["data.resolution=abc"], ["data.resolution", "abc"]),
+    ("smoke", ["data.resolution=8"], ["data.resolution", "16"]),
+    ("smoke", ["data.source=web"], ["data.source", "'phantom'", "'real'"]),
+    ("smoke", ["data.split.kind=loo"], ["data.split.kind", "'random'"]),
+    ("smoke", ["data.resolution"], ["data.resolution", "key=value"]),
+    ("smoke", ["data.resolution.x=1"], ["data.resolution.x"]),
+])
+def test_bad_configuration_names_the_key_and_allowed_values(profile, overrides, must_name):
+    with pytest.raises(ConfigError) as err:
+        load_config(profile, overrides)
+    for text in must_name:
+        assert text in str(err.value)
+
+
+def test_profile_file_with_unknown_key_and_bad_yaml(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("data:\n  resolution: 64\n  colour: red\n")
+    with pytest.raises(ConfigError, match="data.colour"):
+        load_config(str(bad))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml.*YAML"):
+        load_config(str(broken))
+    good = tmp_path / "mine2.yaml"
+    good.write_text("data:\n  source: phantom\n  resolution: 40\n")
+    cfg = load_config(str(good))
+    assert cfg.profile == "mine2" and cfg.data.resolution == 40
+
+
+def test_saved_config_round_trips():
+    cfg = load_config("course", ["data.split.seed=7"])
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg and again.data.split.seed == 7
+
+
+def test_stage_keys_change_only_with_what_a_stage_depends_on():
+    base = stage_keys(load_config("smoke"))
+    assert list(base) == [s.id for s in STAGES]
+    assert stage_keys(load_config("smoke", ["run.workers=1", "run.progress=false"])) == base
+    changed = stage_keys(load_config("smoke", ["data.split.seed=3"]))
+    assert all(changed[k] != base[k] for k in base)  # data feeds every later stage

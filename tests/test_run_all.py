@@ -1,0 +1,102 @@
+"""run_all.py end to end on the smoke profile, as a user runs it: executed notebooks, caching,
+selective reruns, early configuration errors and a failing notebook named with its cell."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from polyplib.stages import STAGES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_all(*args, cwd=ROOT):
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, str(ROOT / "run_all.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=1200)
+    return proc, time.time() - t0
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One full smoke run of every notebook (the first run computes everything)."""
+    base = tmp_path_factory.mktemp("e2e")
+    args = ["--profile", "smoke", "--run-dir", str(base / "run"), "--figures-dir", str(base / "figures")]
+    proc, seconds = run_all(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return base, args, proc, seconds
+
+
+def test_first_run_executes_every_notebook(smoke):
+    base, _, proc, _ = smoke
+    meta = json.loads((base / "run" / "run_meta.json").read_text())
+    assert [s["stage"] for s in meta["stages"]] == [s.id for s in STAGES]
+    assert all(s["status"] == "ran" for s in meta["stages"])
+    assert meta["versions"]["torch"] and meta["versions"]["papermill"] and "dirty" in meta["git"]
+    assert meta["config"]["profile"] == "smoke" and meta["device"]["cpu_count"] >= 1
+    for stage in STAGES:
+        nb = json.loads((base / "run" / "notebooks" / stage.notebook).read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all(c["execution_count"] for c in code)
+        assert not any(o.get("output_type") == "error" for c in code for o in c["outputs"])
+        injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert injected and str(base / "run") in "".join(injected[0]["source"])
+    assert (base / "run" / "config.yaml").exists()
+    assert (base / "run" / "data" / "dataset_report.json").exists()
+    assert sorted(p.suffix for p in (base / "figures").iterdir()) and \
+        {p.suffix for p in (base / "figures").iterdir()} == {".png", ".svg"}
+    assert "ran" in proc.stdout and "total" in proc.stdout
+
+
+def test_second_run_is_all_cached_and_faster(smoke):
+    base, args, _, first_seconds = smoke
+    marker = (base / "run" / "stages" / "01_data.done").read_text()
+    proc, seconds = run_all(*args)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((base / "run" / "run_meta.json").read_text())
+    assert all(s["status"] == "cached" for s in meta["stages"])
+    assert (base / "run" / "stages" / "01_data.done").read_text() == marker
+    nb = json.loads((base / "run" / "notebooks" / STAGES[0].notebook).read_text())
+    text = json.dumps(nb["cells"])
+    assert "cached results" in text and "phantom-a" in text  # still shows the cached tables
+
+
+def test_set_reruns_the_dependent_stage(smoke):
+    base, args, _, _ = smoke
+    proc, _ = run_all(*args, "--set", "data.split.seed=1")
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((base / "run" / "run_meta.json").read_text())
+    assert meta["stages"][0]["status"] == "ran" and meta["overrides"] == ["data.split.seed=1"]
+    listed, _ = run_all(*args, "--set", "data.split.seed=1", "--list")
+    assert "01 data" in listed.stdout and "cached" in listed.stdout
+    other, _ = run_all(*args, "--list")
+    assert "to run" in other.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--profile", "nonsense"], "unknown profile 'nonsense'"),
+    (["--set", "data.resolutoin=3"], "unknown key 'data.resolutoin'"),
+    (["--set", "data.resolution=big"], "'data.resolution' = 'big'"),
+    (["--set", "data.source=web"], "'phantom', 'real'"),
+    (["--only", "42"], "unknown stage '42'"),
+])
+def test_bad_arguments_fail_before_any_work(tmp_path, args, needle):
+    proc, seconds = run_all(*args, "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_failing_notebook_is_named_with_its_cell_and_kept(tmp_path):
+    proc, _ = run_all("--profile", "smoke", "--run-dir", str(tmp_path / "run"), "--figures-dir", str(tmp_path / "f"),
+                      "--set", "data.source=real", "--set", f"data.root={tmp_path / 'nothing'}")
+    assert proc.returncode == 1
+    assert "notebooks/01_data_prep.ipynb failed in cell" in proc.stderr and "DataError" in proc.stderr
+    assert "Kvasir-SEG" in proc.stderr
+    kept = tmp_path / "run" / "notebooks" / "01_data_prep.ipynb"
+    assert kept.exists() and "partially executed copy kept at" in proc.stderr
+    meta = json.loads((tmp_path / "run" / "run_meta.json").read_text())
+    assert meta["stages"][0]["status"] == "failed"
