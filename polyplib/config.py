@@ -115,6 +115,28 @@ class DDPMSection(Section):
     seed: int = 0
 
 
+class SamplingSection(Section):
+    """Stage 03: synthetic labelled pairs by RePaint joint inpainting (the paper) or unconditional sampling."""
+
+    model: Literal["cluster", "full"] = Field("cluster", description="which DDPM redraws a source image")
+    samples_per_image: int = Field(3, ge=1)
+    steps: int = Field(200, ge=2, description="RePaint: respaced steps (paper: 200)")
+    skip_steps: int = Field(80, ge=0, description="RePaint: start after skipping this many steps (paper: 80)")
+    jump_length: int = Field(10, ge=1)
+    jump_n_sample: int = Field(5, ge=1)
+    dilation_px: int = Field(20, ge=0, description="mask dilation at 256 px; scaled with the resolution")
+    opening_px: int = Field(16, ge=0, description="elliptical opening kernel at 256 px; scaled")
+    min_component_fraction: float = Field(0.001, ge=0, lt=1, description="specks smaller than this share of the frame are removed")
+    max_coverage: float = Field(0.95, gt=0, le=1, description="a synthetic mask covering more of the frame than this is rejected")
+    also_full: bool = Field(False, description="also redraw every source with the Full model (method full-diff) when model is cluster")
+    style: Literal["none", "mkl"] = Field("mkl", description="colour styling of each synthetic image to its source")
+    unconditional_samplers: list[Literal["ddpm", "ddim", "dpm++"]] = Field(default_factory=lambda: ["ddpm", "ddim", "dpm++"])
+    unconditional_steps: list[int] = Field(default_factory=lambda: [1000, 100, 25])
+    n_unconditional: int = Field(16, ge=0, description="unconditional pairs per sampler and step count")
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+
+
 class StudyConfig(Section):
     """The whole resolved configuration of one run (saved in the run folder and every checkpoint)."""
 
@@ -123,6 +145,7 @@ class StudyConfig(Section):
     data: DataSection = Field(default_factory=DataSection)
     clustering: ClusteringSection = Field(default_factory=ClusteringSection)
     ddpm: DDPMSection = Field(default_factory=DDPMSection)
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
 
     def section(self, dotted: str) -> Any:
         """The value at a dotted key, e.g. ``cfg.section("data.split")``."""

@@ -35,6 +35,9 @@ def test_notebook_is_clean_and_follows_the_conventions(path):
         ast.literal_eval(node.value)  # literals only
         names |= {t.id for t in node.targets}
     assert PARAMETERS <= names
+    import papermill
+
+    assert PARAMETERS <= set(papermill.inspect_notebook(str(path)))  # papermill can read every one
     assert "setup(profile, overrides, run_dir" in "".join(cells[2]["source"])
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     for stmt in ast.walk(ast.parse(code)):

@@ -92,7 +92,8 @@ def test_bad_arguments_fail_before_any_work(tmp_path, args, needle):
 
 def test_failing_notebook_is_named_with_its_cell_and_kept(tmp_path):
     proc, _ = run_all("--profile", "smoke", "--run-dir", str(tmp_path / "run"), "--figures-dir", str(tmp_path / "f"),
-                      "--set", "data.source=real", "--set", f"data.root={tmp_path / 'nothing'}")
+                      "--set", "data.source=real", "--set", "data.train=kvasir-seg",
+                      "--set", f"data.root={tmp_path / 'nothing'}")
     assert proc.returncode == 1
     assert "notebooks/01_data_prep.ipynb failed in cell" in proc.stderr and "DataError" in proc.stderr
     assert "Kvasir-SEG" in proc.stderr
