@@ -109,3 +109,20 @@ def test_resize_policies_keep_masks_binary_and_aligned(policy):
         assert (out_img[:5] == 0).all()  # letterbox rows
     if policy == "center-crop":
         assert out_mask.mean() > mask.mean()  # cropping the sides enlarges the polyp's share
+
+
+def test_pranet_split_trains_on_traindataset_and_tests_on_seen_subsets(tmp_path):
+    root = tmp_path / "d" / "pranet"
+    _write_generic(root / "TrainDataset", n=5)
+    _write_generic(root / "TestDataset" / "Kvasir", n=3)
+    _write_generic(root / "TestDataset" / "CVC-ClinicDB", n=2)
+    _write_generic(root / "TestDataset" / "CVC-ColonDB", n=4)
+    run = _real_run(tmp_path, tmp_path / "d", ["data.datasets={mine: pranet}", "data.split.kind=pranet"])
+    report = prepare_data(run)
+    assert set(report["datasets"]) == {"mine", "pranet-cvc-colondb"}
+    assert report["datasets"]["mine"]["pairs"] == 10 and report["datasets"]["pranet-cvc-colondb"]["pairs"] == 4
+    ds = load_dataset(run)
+    assert sorted(ds.ids("test")) == sorted([f"Kvasir/f{i}" for i in range(3)] + ["CVC-ClinicDB/f0", "CVC-ClinicDB/f1"])
+    assert sorted(ds.ids("train")) == [f"f{i}" for i in range(5)]
+    img, msk = ds.load("Kvasir/f2")
+    assert img.shape == (32, 32, 3) and msk.any()

@@ -1,0 +1,1 @@
+"""Data: embedded phantom, real dataset loaders, verified download, splits and preparation."""
