@@ -123,14 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for s in STAGES:
             state = "cached" if run.stage(s.id).is_done() else "to run"
-            print(f"{s.id} {s.name:<14} notebooks/{s.notebook:<30} {state:<7} depends on {', '.join(s.depends_on)}")
+            reads = f"; reads {', '.join(s.upstream)}" if s.upstream else ""
+            print(f"{s.id} {s.name:<14} notebooks/{s.notebook:<30} {state:<7} depends on {', '.join(s.depends_on)}{reads}")
         return 0
 
-    for s in STAGES:  # stages before the selection must already be finished for this configuration
-        if s.id < selected[0].id and not run.stage(s.id).is_done():
-            print(f"error: stage {s.id} ({s.name}) has no finished results for this configuration in {run.dir}; "
-                  f"run it first (e.g. --from {s.id})", file=sys.stderr)
-            return 2
+    chosen = {s.id for s in selected}
+    for s in selected:  # stages whose artefacts the selection reads must be finished for this config
+        for up in s.upstream:
+            if up not in chosen and not run.stage(up).is_done():
+                print(f"error: stage {s.id} ({s.name}) reads the results of stage {up}, which has none for this "
+                      f"configuration in {run.dir}; run it first (e.g. --from {up})", file=sys.stderr)
+                return 2
 
     run.save_config()
     meta = {

@@ -1,7 +1,8 @@
-"""The ordered stages of the study: notebook, module and the configuration each one depends on.
+"""The ordered stages of the study: notebook, the configuration and the upstream stages each uses.
 
-A stage's cache key chains onto the key of the stage before it, so changing a value that stage N
-depends on reruns N and every stage after it, and nothing before it.
+A stage's cache key hashes the configuration it depends on together with the keys of the stages
+whose artefacts it reads. Changing a value that stage N depends on therefore reruns N and the later
+stages built on it, and nothing before it (nor a later stage that does not read N's results).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class Stage:
     notebook: str              # file name under notebooks/
     title: str
     depends_on: tuple[str, ...]  # dotted configuration keys whose values decide the stage's results
+    upstream: tuple[str, ...] = ()  # ids of the stages whose artefacts this stage reads
 
 
 STAGES: tuple[Stage, ...] = (
@@ -33,9 +35,18 @@ def stage_by_id(stage_id: str) -> Stage:
 
 
 def stage_keys(cfg: StudyConfig) -> dict[str, str]:
-    """Cache key of every stage: hash of its own configuration chained onto the previous key."""
-    keys, previous = {}, ""
+    """Cache key of every stage: hash of its own configuration and of its upstream stages' keys."""
+    keys: dict[str, str] = {}
     for stage in STAGES:
-        previous = hash_sections(cfg, stage.depends_on, salt=previous)
-        keys[stage.id] = previous
+        salt = "|".join(keys[u] for u in stage.upstream)
+        keys[stage.id] = hash_sections(cfg, stage.depends_on, salt=salt)
     return keys
+
+
+def downstream(stage_id: str) -> list[str]:
+    """Ids of the stages that (transitively) read this stage's artefacts."""
+    out: list[str] = []
+    for stage in STAGES:
+        if any(u == stage_id or u in out for u in stage.upstream):
+            out.append(stage.id)
+    return out
