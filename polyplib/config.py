@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -109,10 +109,21 @@ class DDPMSection(Section):
     checkpoint_every: int = Field(5000, ge=1)
     checkpoints_total_limit: int = Field(2, ge=1)
     sample_every: int = Field(10_000, ge=1)
+    sample_steps: int = Field(50, ge=1, description="DDIM steps of the sample grids drawn during training")
+    keep_checkpoints: bool = Field(False, description="keep checkpoints/ once the final model is written "
+                                   "(a paper-size checkpoint is several GB)")
+    torch_threads: int = Field(0, ge=0, description="torch CPU threads while training; 0 = torch's default "
+                               "(on a busy shared CPU, 1 is often faster)")
     hflip: bool = True
     train_clusters: bool = True
     train_full: bool = True
     seed: int = 0
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        """YAML reads a bare ``no`` as False: ``--set ddpm.mixed_precision=no`` means "no"."""
+        return "no" if value is False else value
 
 
 class SamplingSection(Section):
@@ -151,6 +162,41 @@ class MetricsSection(Section):
     seed: int = 0
 
 
+class GanSection(Section):
+    """Stage 05: 4-channel GAN baselines trained in the same harness as the DDPMs, and SinGAN-Seg."""
+
+    base_channels: int = Field(64, ge=4, description="generator/discriminator width at the finest level")
+    z_dim: int = Field(128, ge=2)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    max_steps: int = Field(50_000, ge=1)
+    r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight (0: spectral norm only)")
+    diffaugment: str = Field("color,translation,cutout", description="DiffAugment policy ('' for none)")
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    checkpoint_every: int = Field(5000, ge=1)
+    checkpoints_total_limit: int = Field(2, ge=1)
+    n_samples: int = Field(1000, ge=1, description="pairs written to synthetic/gan")
+    singan_images: int = Field(10, ge=0, description="source images that get a SinGAN-Seg model each")
+    singan_scales: int = Field(8, ge=2)
+    singan_iters: int = Field(2000, ge=1, description="iterations per scale")
+    singan_channels: int = Field(32, ge=4)
+    singan_samples_per_image: int = Field(10, ge=1)
+    mixed_precision: Literal["auto", "no", "bf16"] = Field(
+        "auto", description="auto: bf16 on CUDA GPUs that support it, else fp32 (no fp16: R1 differentiates gradients)")
+    torch_threads: int = Field(0, ge=0, description="torch CPU threads of stage 05 (GAN and SinGAN-Seg training, "
+                               "sampling, FID features); 0 = torch's default (on a busy shared CPU, 1 is often "
+                               "several times faster)")
+    singan_published: str | None = Field(None, description="folder of the downloaded SinGAN-Seg synthetic set "
+                                         "(osf.io/xrgz8); imported into synthetic/singan-published when set")
+    seed: int = 0
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        """YAML reads a bare ``no`` as False: ``--set gan.mixed_precision=no`` means "no"."""
+        return "no" if value is False else value
+
+
 class SegmentationSection(Section):
     """Stage 06: does synthetic labelled data help a segmentation model? (smp, the paper's protocol)."""
 
@@ -175,6 +221,11 @@ class SegmentationSection(Section):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     bootstrap: int = Field(2000, ge=100)
     num_workers: int = Field(2, ge=0)
+    mix_r_full: int = Field(1, ge=1, description="r of the full-data real + synthetic comparison (Table 4)")
+    small_source: str = Field("styled-diff", description="synthetic set of the small-data study (Tables 5/6); "
+                              "the first available source when absent")
+    torch_threads: int = Field(0, ge=0, description="torch CPU threads while training; 0 = torch's default "
+                               "(on a busy shared CPU, 1 is often several times faster)")
 
 
 class StudyConfig(Section):
@@ -187,6 +238,7 @@ class StudyConfig(Section):
     ddpm: DDPMSection = Field(default_factory=DDPMSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    gan: GanSection = Field(default_factory=GanSection)
     segmentation: SegmentationSection = Field(default_factory=SegmentationSection)
 
     def section(self, dotted: str) -> Any:

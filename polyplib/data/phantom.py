@@ -17,6 +17,7 @@ CVC-ClinicDB ("B"); their parameters follow the real-data statistics in STUDY.md
 from __future__ import annotations
 
 import json
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -462,7 +463,8 @@ def write_phantom(dest: str | Path, domain: str | PhantomDomain, n: int, seed: i
             for chunk in chunks:
                 bar.update(_write_frames(dest, d, seed, scale, chunk))
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # spawn, not fork: a forked child of a process that already used cv2 can deadlock
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 for done in pool.map(_write_frames, *zip(*[(dest, d, seed, scale, ch) for ch in chunks])):
                     bar.update(done)
     return dest
