@@ -7,29 +7,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from polyplib.data.phantom import write_phantom  # noqa: E402
+from record import machine, write_record  # noqa: E402
 
 GOAL_S = 60.0
 CASES = (("A", 0.7), ("B", 1.0))        # A: frames 210-294 x 240-380 px; B: native 288x384
 
 
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__}
 
 
 def run_case(domain: str, scale: float, n: int, seed: int) -> dict:
@@ -43,11 +34,6 @@ def run_case(domain: str, scale: float, n: int, seed: int) -> dict:
             "pass": seconds < GOAL_S * n / 1000}
 
 
-def atomic_write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
     record = {"benchmark": "phantom.write_phantom", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "results": results, "pass": all(r["pass"] for r in results)}
-    atomic_write_json(args.out, record)
-    print(f"wrote {args.out}")
+    write_record(args.out, record)
     return 0 if record["pass"] else 1
 
 

@@ -30,7 +30,9 @@ class RunSection(Section):
     """How the run executes; nothing here changes a result, so no stage depends on it."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    workers: int = Field(2, ge=1, description="CPU threads/processes for data work")
+    workers: int = Field(2, ge=1, description="CPU processes for data work (phantom writing, data loading)")
+    torch_threads: int = Field(0, ge=0, description="torch CPU threads of every stage; 0 = torch's default (one per "
+                               "core). On a busy shared CPU, 1 is often several times faster")
     notebook_timeout_s: int = Field(4 * 3600, ge=10, description="papermill per-cell timeout")
     progress: bool = True
 
@@ -112,8 +114,6 @@ class DDPMSection(Section):
     sample_steps: int = Field(50, ge=1, description="DDIM steps of the sample grids drawn during training")
     keep_checkpoints: bool = Field(False, description="keep checkpoints/ once the final model is written "
                                    "(a paper-size checkpoint is several GB)")
-    torch_threads: int = Field(0, ge=0, description="torch CPU threads while training; 0 = torch's default "
-                               "(on a busy shared CPU, 1 is often faster)")
     hflip: bool = True
     train_clusters: bool = True
     train_full: bool = True
@@ -183,9 +183,6 @@ class GanSection(Section):
     singan_samples_per_image: int = Field(10, ge=1)
     mixed_precision: Literal["auto", "no", "bf16"] = Field(
         "auto", description="auto: bf16 on CUDA GPUs that support it, else fp32 (no fp16: R1 differentiates gradients)")
-    torch_threads: int = Field(0, ge=0, description="torch CPU threads of stage 05 (GAN and SinGAN-Seg training, "
-                               "sampling, FID features); 0 = torch's default (on a busy shared CPU, 1 is often "
-                               "several times faster)")
     singan_published: str | None = Field(None, description="folder of the downloaded SinGAN-Seg synthetic set "
                                          "(osf.io/xrgz8); imported into synthetic/singan-published when set")
     seed: int = 0
@@ -224,8 +221,6 @@ class SegmentationSection(Section):
     mix_r_full: int = Field(1, ge=1, description="r of the full-data real + synthetic comparison (Table 4)")
     small_source: str = Field("styled-diff", description="synthetic set of the small-data study (Tables 5/6); "
                               "the first available source when absent")
-    torch_threads: int = Field(0, ge=0, description="torch CPU threads while training; 0 = torch's default "
-                               "(on a busy shared CPU, 1 is often several times faster)")
 
 
 class StudyConfig(Section):

@@ -13,7 +13,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .config import StudyConfig, load_config
+from .errors import StageError
 from .stages import Stage, stage_by_id, stage_keys
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -240,6 +240,18 @@ class Run:
             "provenance": provenance(self.cfg, stage),
         })
         return folder / f"{name}.csv"
+
+    def load_table(self, name: str):
+        """A table written by ``save_table`` (an empty table stays empty); StageError if it is missing."""
+        import pandas as pd
+
+        path = self.path("results", f"{name}.csv")
+        if not path.exists():
+            raise StageError(f"{path}: missing; rerun the stage that writes it (python run_all.py --force ...)")
+        try:
+            return pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
 
 
 def open_run(profile: str = "smoke", overrides: list[str] | tuple[str, ...] = (),

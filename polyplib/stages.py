@@ -23,6 +23,11 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("01", "data", "01_data_prep.ipynb", "Data preparation", ("data",)),
+    Stage("02", "ddpm", "02_ddpm_training.ipynb", "DDPM training", ("clustering", "ddpm"), ("01",)),
+    Stage("03", "sampling", "03_sampling.ipynb", "Sampling synthetic pairs", ("sampling",), ("01", "02")),
+    Stage("04", "metrics", "04_fid_msssim.ipynb", "FID and MS-SSIM", ("metrics",), ("01", "03")),
+    Stage("05", "gan", "05_gan_comparison.ipynb", "GAN comparison", ("gan", "metrics"), ("01", "02", "03")),
+    Stage("06", "segmentation", "06_segmentation.ipynb", "Segmentation", ("segmentation",), ("01", "03", "05")),
 )
 
 

@@ -1,5 +1,4 @@
 """Stage 01 on small data: prepared pairs, report, duplicates, empty masks, bad input, caching."""
-import json
 
 import numpy as np
 import pytest

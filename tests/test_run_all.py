@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from polyplib.stages import STAGES
+from polyplib.stages import STAGES, downstream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,16 +64,21 @@ def test_second_run_is_all_cached_and_faster(smoke):
     assert "cached results" in text and "phantom-a" in text  # still shows the cached tables
 
 
-def test_set_reruns_the_dependent_stage(smoke):
+def test_set_reruns_the_dependent_stage_and_only_what_reads_it(smoke):
     base, args, _, _ = smoke
-    proc, _ = run_all(*args, "--set", "data.split.seed=1")
+    stage = next(s for s in STAGES if s.name == "metrics")
+    expected = {stage.id, *downstream(stage.id)}
+    proc, _ = run_all(*args, "--set", "metrics.msssim_pairs=37")
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((base / "run" / "run_meta.json").read_text())
-    assert meta["stages"][0]["status"] == "ran" and meta["overrides"] == ["data.split.seed=1"]
-    listed, _ = run_all(*args, "--set", "data.split.seed=1", "--list")
-    assert "01 data" in listed.stdout and "cached" in listed.stdout
+    status = {s["stage"]: s["status"] for s in meta["stages"]}
+    assert {k for k, v in status.items() if v == "ran"} == expected, status
+    assert all(v == "cached" for k, v in status.items() if k not in expected)
+    assert meta["overrides"] == ["metrics.msssim_pairs=37"]
+    listed, _ = run_all(*args, "--set", "metrics.msssim_pairs=37", "--list")
+    assert f"{stage.id} metrics" in listed.stdout and "to run" not in listed.stdout
     other, _ = run_all(*args, "--list")
-    assert "to run" in other.stdout
+    assert "to run" in other.stdout  # the default configuration's stage 04 was replaced
 
 
 @pytest.mark.parametrize("args, needle", [

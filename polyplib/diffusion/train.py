@@ -1,0 +1,470 @@
+"""Stage 02, part 2: train the per-cluster and Full 4-channel DDPMs with accelerate.
+
+The loop follows diffusers' ``examples/unconditional_image_generation/train_unconditional.py``:
+accelerate for devices, data parallelism, mixed precision and gradient accumulation; an EMA of the
+weights (``diffusers.training_utils.EMAModel``, swapped in with store/restore for sample grids);
+``checkpoint-N`` folders written by ``accelerator.save_state`` with a total limit; resume from the
+latest one. What this version adds:
+
+* **Exact resume.** Batches, flips, noise and timesteps are pure functions of (seed, micro-step,
+  rank) (see dataset.py), and a checkpoint holds the weights, the EMA, the optimiser, accelerate's
+  RNG states and the step. A run killed at any point and resumed from its latest checkpoint ends
+  with exactly the weights of an uninterrupted run (tested on CPU in fp32).
+* **Nothing half-written is trusted.** Checkpoints are built under a temporary name and renamed;
+  the final ``save_pretrained`` folder is built with ``runs.atomic_dir`` and swapped in whole.
+  A model folder counts as finished only with its ``train_state.json`` (finished, config key).
+* **Provenance.** The resolved configuration (``config.yaml``) and the training ids
+  (``train_ids.json``) sit in every checkpoint and in the final folder.
+
+Layout of one model, ``runs/<profile>/models/ddpm/<name>/`` (name: ``cluster-00`` ... or ``full``)::
+
+    model_index.json, unet/, scheduler/      DDPMPipeline.from_pretrained(folder) (EMA weights)
+    config.yaml, train_ids.json, train_state.json
+    loss.csv                                 step, loss, ema_decay, lr, images, elapsed_s
+    samples/step-000100.png                  sample grids: images (top), mask overlays (bottom)
+    checkpoints/checkpoint-N/                unet/, unet_ema/, optimizer.bin, random_states_*.pkl,
+                                             config.yaml, train_ids.json, trainer_state.json
+
+While a model trains, its loss.csv and samples/ live in checkpoints/ and move up when the final
+folder is swapped in, so a rerun (even a forced one) never touches a finished model's files.
+
+Scale-out (the same code on several GPUs or nodes)::
+
+    accelerate config                                  # once per machine
+    accelerate launch -m polyplib.diffusion.train --profile paper --model full
+    accelerate launch --num_processes 4 -m polyplib.diffusion.train --profile paper --model cluster-03
+
+``ddpm.batch_size`` is per process: N processes train on N x batch_size pairs per micro-step. A run
+resumes only with the process count it started with (the data order is split per process); on
+several nodes the run folder must be on a shared filesystem. On a CPU-only machine
+``accelerate launch --multi_gpu --num_processes 2 ...`` starts 2 CPU processes (gloo backend).
+The per-cluster models are independent, so on a cluster they fan out as a job array, one job per model.
+Run stage 01 and the clustering once first (``--model none`` only clusters), then e.g. with Slurm::
+
+    #!/bin/bash
+    #SBATCH --job-name=ddpm
+    #SBATCH --array=0-20              # 0..K-1: cluster-00..; K: the Full model
+    #SBATCH --gres=gpu:1 --cpus-per-task=8 --time=16:00:00
+    #SBATCH --requeue                 # a preempted job restarts and resumes from its latest checkpoint
+    K=20
+    if [ "$SLURM_ARRAY_TASK_ID" -lt "$K" ]; then MODEL=$(printf "cluster-%02d" "$SLURM_ARRAY_TASK_ID"); else MODEL=full; fi
+    accelerate launch --num_processes 1 -m polyplib.diffusion.train \\
+        --profile paper --run-dir "$RUNS/paper" --model "$MODEL"
+
+A rerun of the array skips finished models and resumes unfinished ones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..config import StudyConfig
+from ..errors import StageError
+from ..runs import Run, atomic_dir, atomic_write_json, atomic_write_text
+from ..training import (checkpoints, config_key, cpu_has_bf16, fresh_accelerator, open_loss_log, partial_state,
+                        read_json, resolve_device, save_checkpoint, step_seed, torch_threads, usable_checkpoints,
+                        weights_digest, write_provenance)
+from .dataset import PairDataset
+from .model import build_scheduler, build_unet
+
+# ddpm.* values that do not change the trained weights (so they are left out of the model key)
+BOOKKEEPING = ("checkpoint_every", "checkpoints_total_limit", "sample_every", "sample_steps",
+               "keep_checkpoints", "train_clusters", "train_full")
+LOSS_COLUMNS = "step,loss,ema_decay,lr,images,elapsed_s\n"
+GRID_SAMPLES = 8
+
+
+@dataclass
+class TrainResult:
+    """What happened to one model; one row of the stage's summary table."""
+
+    model: str
+    pairs: int
+    status: str          # trained | resumed | cached | stopped
+    steps: int
+    final_loss: float | None
+    mixed_precision: str
+    processes: int
+    seconds: float
+    path: str
+
+
+# ----------------------------------------------------------------------------- configuration
+def model_key(cfg: StudyConfig, ids: Sequence[str], processes: int | None) -> str:
+    """Hash of everything that decides a model's weights: ddpm settings, data, ids, process count."""
+    ddpm = {k: v for k, v in cfg.ddpm.model_dump(mode="json").items() if k not in BOOKKEEPING}
+    data = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k != "root"}
+    payload = {"ddpm": ddpm, "data": data, "ids": sorted(ids)}
+    if processes is not None:
+        payload["processes"] = processes
+    return config_key(payload)
+
+
+def resolve_mixed_precision(setting: str, device: torch.device) -> str:
+    """ddpm.mixed_precision=auto: bf16 (or fp16 on older GPUs) on CUDA, bf16 on CPUs that have it, else no."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_bf16():
+        return "bf16"
+    return "no"
+
+
+def make_accelerator(cfg: StudyConfig):
+    """A fresh Accelerator for one DDPM (precision and gradient accumulation from ``ddpm.*``)."""
+    device = resolve_device(cfg.run.device)
+    return fresh_accelerator(device, resolve_mixed_precision(cfg.ddpm.mixed_precision, device),
+                             cfg.ddpm.gradient_accumulation_steps)
+
+
+def process_count(cfg: StudyConfig) -> int:
+    """Processes of this launch (1 under plain python, N under ``accelerate launch``)."""
+    return partial_state(resolve_device(cfg.run.device)).num_processes
+
+
+def is_main_process(cfg: StudyConfig) -> bool:
+    return partial_state(resolve_device(cfg.run.device)).is_main_process
+
+
+# ----------------------------------------------------------------------------- folders
+def is_finished(folder: str | Path, key: str | None = None) -> bool:
+    """A complete model folder (optionally: trained with this model key)."""
+    folder = Path(folder)
+    state = read_json(folder / "train_state.json")
+    return bool(state and state.get("finished") and (folder / "model_index.json").exists()
+                and (key is None or state.get("key") == key))
+
+
+# ----------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Trains one DDPM on the pairs ``ids`` into ``folder``; ``run()`` resumes from the latest checkpoint."""
+
+    def __init__(self, cfg: StudyConfig, prepared, ids: Sequence[str], folder: str | Path, name: str | None = None):
+        self.cfg, self.ddpm = cfg, cfg.ddpm
+        self.ids = list(ids)
+        self.folder = Path(folder)
+        self.name = name or self.folder.name
+        self.prepared = prepared
+        self.work = self.folder / "checkpoints"   # checkpoints, loss log and grids of the run in progress
+
+    # -- setup
+    def _setup(self):
+        from diffusers import UNet2DModel
+        from diffusers.training_utils import EMAModel
+
+        acc = self.accelerator = make_accelerator(self.cfg)
+        self.dataset = PairDataset(self.prepared, self.ids, hflip=self.ddpm.hflip, seed=self.ddpm.seed)
+        model = build_unet(self.ddpm, self.dataset.resolution, seed=self.ddpm.seed)
+        self.scheduler = build_scheduler(self.ddpm)
+        fused = acc.device.type in ("cpu", "cuda")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.ddpm.learning_rate, weight_decay=0.0,
+                                      fused=fused or None)
+        self.ema = EMAModel(model.parameters(), decay=self.ddpm.ema_decay, use_ema_warmup=True, inv_gamma=1.0,
+                            power=3 / 4, foreach=True, model_cls=UNet2DModel, model_config=model.config)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.ema.to(acc.device)
+        acc.register_save_state_pre_hook(self._save_hook)
+        acc.register_load_state_pre_hook(self._load_hook)
+
+    def _save_hook(self, models, weights, output_dir):
+        if self.accelerator.is_main_process:
+            self.ema.save_pretrained(os.path.join(output_dir, "unet_ema"))
+            for m in models:
+                self.accelerator.unwrap_model(m).save_pretrained(os.path.join(output_dir, "unet"))
+        weights.clear()  # saved above in diffusers' format; accelerate must not save them again
+
+    def _load_hook(self, models, input_dir):
+        from diffusers import UNet2DModel
+        from diffusers.training_utils import EMAModel
+
+        with warnings.catch_warnings():  # diffusers' EMAModel.from_pretrained uses a deprecated call inside
+            warnings.simplefilter("ignore", FutureWarning)
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, "unet_ema"), UNet2DModel, foreach=True)
+        self.ema.load_state_dict(loaded.state_dict())
+        self.ema.to(self.accelerator.device)
+        while models:
+            m = models.pop()
+            src = UNet2DModel.from_pretrained(input_dir, subfolder="unet")
+            self.accelerator.unwrap_model(m).load_state_dict(src.state_dict())
+
+    # -- checkpoints
+    def _resume_point(self, force: bool) -> int:
+        """Load the latest matching checkpoint (stale or forced ones are deleted); return its step."""
+        acc = self.accelerator
+        states = [read_json(d / "trainer_state.json") or {} for _, d in checkpoints(self.work)]
+        other = [st for st in states if st.get("key") != self.key
+                 and st.get("config_key") == model_key(self.cfg, self.ids, None)]
+        if other and not force:
+            raise StageError(f"{self.work}: checkpoints of {self.name} were written by {other[-1].get('processes')} "
+                             f"process(es), this run has {acc.num_processes}; an exact resume needs the same "
+                             "number (the data order is split per process). Relaunch with that many processes, "
+                             "or pass --force (force=True) to start this model over.")
+        usable = usable_checkpoints(acc, self.work, self.key, force, self.name)
+        if not usable:
+            if acc.is_main_process:
+                shutil.rmtree(self.work / "samples", ignore_errors=True)
+            return 0
+        step, path = usable[-1]
+        acc.load_state(str(path))
+        return step
+
+    def _save_checkpoint(self, step: int, seconds: float) -> None:
+        acc = self.accelerator
+        save_checkpoint(acc, self.work, step, {
+            "key": self.key, "config_key": model_key(self.cfg, self.ids, None), "name": self.name,
+            "processes": acc.num_processes, "mixed_precision": acc.mixed_precision, "seconds": round(seconds, 2)},
+            self.cfg, self.ids, self.ddpm.checkpoints_total_limit)
+
+    # -- logs and samples
+    def _open_loss_log(self, step: int):
+        return open_loss_log(self.work / "loss.csv", LOSS_COLUMNS, step)
+
+    def _sample_grid(self, step: int) -> None:
+        """EMA weights swapped in (store/restore), a seeded DDIM grid written to samples/step-N.png."""
+        from diffusers import DDPMPipeline
+
+        from ..data.imageio import write_png
+        from ..plots import overlay
+        from .model import sample_pairs
+
+        unet = self.accelerator.unwrap_model(self.model)
+        self.ema.store(unet.parameters())
+        self.ema.copy_to(unet.parameters())
+        unet.eval()
+        try:
+            images, masks = sample_pairs(DDPMPipeline(unet=unet, scheduler=self.scheduler), GRID_SAMPLES,
+                                         seed=self.ddpm.seed, steps=self.ddpm.sample_steps, sampler="ddim",
+                                         batch_size=GRID_SAMPLES)
+        finally:
+            unet.train()
+            self.ema.restore(unet.parameters())
+        top = np.concatenate(list(images), axis=1)
+        bottom = np.concatenate([overlay(i, m) for i, m in zip(images, masks)], axis=1)
+        write_png(self.work / "samples" / f"step-{step:06d}.png", np.concatenate([top, bottom], axis=0))
+
+    # -- the loop
+    def run(self, force: bool = False, stop_after: int | None = None) -> TrainResult:
+        """Train to ``ddpm.max_steps`` (resuming); ``stop_after``: stop after that step, as if killed."""
+        with torch_threads(self.cfg.run.torch_threads, resolve_device(self.cfg.run.device)):
+            return self._run(force, stop_after)
+
+    def _run(self, force: bool, stop_after: int | None) -> TrainResult:
+        from tqdm import tqdm
+
+        started = time.time()
+        self.key = model_key(self.cfg, self.ids, process_count(self.cfg))
+        if not force and is_finished(self.folder, self.key):
+            return self._result("cached", started)
+        self._setup()
+        acc, ddpm = self.accelerator, self.ddpm
+        if acc.is_main_process:
+            self.work.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        step = start = self._resume_point(force)
+        if acc.is_main_process:
+            print(f"{self.name}: {len(self.ids)} pairs, {ddpm.max_steps} steps, batch {ddpm.batch_size} x "
+                  f"{acc.num_processes} process(es) x {ddpm.gradient_accumulation_steps} accumulation, "
+                  f"precision {acc.mixed_precision}" + (f", resuming from step {step}" if step else ""))
+        log = self._open_loss_log(step) if acc.is_main_process else None
+        accum, bs, rank, world = ddpm.gradient_accumulation_steps, ddpm.batch_size, acc.process_index, acc.num_processes
+        timesteps = self.scheduler.config.num_train_timesteps
+        bar = tqdm(total=ddpm.max_steps, initial=step, desc=self.name, dynamic_ncols=True,
+                   disable=not (acc.is_local_main_process and self.cfg.run.progress))
+        self.model.train()
+        try:
+            while step < ddpm.max_steps and (stop_after is None or step < stop_after):
+                losses = []
+                for micro in range(step * accum, (step + 1) * accum):
+                    clean = self.dataset.batch((micro * world + rank) * bs, bs).to(acc.device)
+                    gen = torch.Generator(device=acc.device).manual_seed(step_seed(ddpm.seed, micro, rank))
+                    noise = torch.randn(clean.shape, generator=gen, device=acc.device)
+                    t = torch.randint(0, timesteps, (bs,), generator=gen, device=acc.device)
+                    noisy = self.scheduler.add_noise(clean, noise, t)
+                    with acc.accumulate(self.model):
+                        loss = F.mse_loss(self.model(noisy, t).sample.float(), noise)
+                        acc.backward(loss)
+                        if acc.sync_gradients:
+                            acc.clip_grad_norm_(self.model.parameters(), 1.0)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    losses.append(loss.detach())
+                self.ema.step(self.model.parameters())
+                step += 1
+                loss_value = acc.reduce(torch.stack(losses).mean(), reduction="mean").item()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if log is not None:
+                    log.write(f"{step},{loss_value:.6g},{self.ema.cur_decay_value:.6g},{ddpm.learning_rate:g},"
+                              f"{step * accum * bs * world},{time.time() - started:.3f}\n")
+                    log.flush()
+                if step % ddpm.checkpoint_every == 0 and step < ddpm.max_steps:
+                    self._save_checkpoint(step, time.time() - started)
+                if step % ddpm.sample_every == 0 or step == ddpm.max_steps:
+                    if acc.is_main_process:
+                        self._sample_grid(step)
+                    acc.wait_for_everyone()
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+        if step < ddpm.max_steps:
+            return self._result("stopped", started, step)
+        self._finish(step, time.time() - started)
+        return self._result("resumed" if start else "trained", started, step)
+
+    def _finish(self, step: int, seconds: float) -> None:
+        """Write the final DDPMPipeline folder (EMA weights) atomically; carry logs and checkpoints over."""
+        from accelerate.utils import gather_object
+        from diffusers import DDPMPipeline, UNet2DModel
+
+        acc = self.accelerator
+        unet = acc.unwrap_model(self.model)
+        digests = gather_object([{"rank": acc.process_index, "weights": weights_digest(unet.parameters()),
+                                  "ema": weights_digest(self.ema.shadow_params)}])
+        if acc.is_main_process:
+            final = UNet2DModel.from_config(unet.config)
+            self.ema.copy_to(final.parameters())
+            with atomic_dir(self.folder) as tmp:
+                DDPMPipeline(unet=final, scheduler=build_scheduler(self.ddpm)).save_pretrained(str(tmp))
+                write_provenance(tmp, self.cfg, self.ids)
+                atomic_write_json(tmp / "train_state.json", {
+                    "finished": True, "key": self.key, "name": self.name, "steps": step, "pairs": len(self.ids),
+                    "processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
+                    "seconds": round(seconds, 2), "rank_digests": digests, "weights": "EMA"})
+                for item in ("loss.csv", "samples"):
+                    if (self.work / item).exists():
+                        os.replace(self.work / item, tmp / item)
+                if self.ddpm.keep_checkpoints and self.work.exists():
+                    os.replace(self.work, tmp / "checkpoints")
+        acc.wait_for_everyone()
+
+    def _result(self, status: str, started: float, step: int | None = None) -> TrainResult:
+        state = read_json(self.folder / "train_state.json") or {}
+        acc = getattr(self, "accelerator", None)
+        log = self.folder / "loss.csv" if status in ("cached", "trained", "resumed") else self.work / "loss.csv"
+        loss = None
+        if log.exists():
+            df = pd.read_csv(log)
+            if len(df):
+                loss = float(df["loss"].tail(max(1, len(df) // 10)).mean())
+        return TrainResult(self.name, len(self.ids), status, step if step is not None else state.get("steps", 0),
+                           loss, acc.mixed_precision if acc else state.get("mixed_precision", "?"),
+                           acc.num_processes if acc else state.get("processes", 1),
+                           round(time.time() - started, 2), str(self.folder))
+
+
+# ----------------------------------------------------------------------------- the stage
+def model_dir(run: Run, name: str) -> Path:
+    return run.path("models", "ddpm", name)
+
+
+def planned_models(run: Run, clusters: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """(name, training ids) of every model the configuration asks for, clusters first, then full."""
+    from .clustering import cluster_name
+
+    ids = clusters["id"].tolist()
+    models = []
+    if run.cfg.ddpm.train_clusters:
+        for c, group in clusters.groupby("cluster", sort=True):
+            models.append((cluster_name(c), group["id"].tolist()))
+    if run.cfg.ddpm.train_full:
+        models.append(("full", ids))
+    return models
+
+
+def train_one(run: Run, name: str, force: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Train (or resume, or skip if finished) the model ``name`` of this run."""
+    from ..data.prepared import load_dataset
+    from .clustering import load_clusters
+
+    clusters, _ = load_clusters(run)
+    wanted = dict(planned_models(run, clusters)) | {"full": clusters["id"].tolist()}
+    if name not in wanted:
+        raise StageError(f"unknown model '{name}'; this run has: {', '.join(sorted(wanted))}")
+    return Trainer(run.cfg, load_dataset(run), wanted[name], model_dir(run, name), name).run(force, stop_after)
+
+
+def ensure_clusters(run: Run, force: bool = False) -> pd.DataFrame:
+    """Cluster on the main process only (others wait), then everyone reads clusters.csv."""
+    from .clustering import cluster_training_set, load_clusters
+
+    state = partial_state(resolve_device(run.cfg.run.device))
+    if state.is_main_process:
+        cluster_training_set(run, force=force)
+    state.wait_for_everyone()
+    return load_clusters(run)[0]
+
+
+def train_all(run: Run, force: bool = False, recluster: bool | None = None) -> pd.DataFrame:
+    """Stage 02 entry point: cluster, then train every planned model (finished ones are skipped).
+
+    ``force`` retrains every model; ``recluster`` (default: ``force``) recomputes the clusters.
+    Returns the summary table (one row per model), also written to ``models/ddpm/summary.csv``.
+    """
+    clusters = ensure_clusters(run, force=force if recluster is None else recluster)
+    models = planned_models(run, clusters)
+    rows = []
+    for i, (name, _) in enumerate(models, 1):
+        result = train_one(run, name, force=force)
+        rows.append(asdict(result))
+        print(f"[{i}/{len(models)}] {name}: {result.pairs} pairs, {result.status}, {result.steps} steps, "
+              f"{result.seconds:.1f} s" + (f", final loss {result.final_loss:.4f}" if result.final_loss else ""))
+    summary = pd.DataFrame(rows, columns=list(TrainResult.__dataclass_fields__))
+    if is_main_process(run.cfg):
+        atomic_write_text(run.path("models", "ddpm", "summary.csv"), summary.to_csv(index=False))
+    return summary
+
+
+def load_summary(run: Run) -> pd.DataFrame:
+    """The summary table written by ``train_all`` (for a cached stage)."""
+    path = run.path("models", "ddpm", "summary.csv")
+    if not path.exists():
+        raise StageError(f"{path}: missing; run stage 02 (train_all)")
+    return pd.read_csv(path)
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m polyplib.diffusion.train", description=(
+        "Train stage-02 DDPMs; under `accelerate launch` the same training runs data-parallel."))
+    parser.add_argument("--profile", default="smoke", help="profile name or YAML path")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--run-dir", default=None, help="run folder (default runs/<profile>)")
+    parser.add_argument("--model", default="all",
+                        help="cluster-NN, full, all (every planned model) or none (clustering only)")
+    parser.add_argument("--force", action="store_true", help="discard checkpoints and finished models, retrain")
+    parser.add_argument("--stop-after", type=int, default=None, help="stop after this step, as if killed")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..runs import open_run
+
+    if args.model == "all" and args.stop_after is not None:
+        parser.error("--stop-after needs a single --model")
+    run = open_run(args.profile, args.overrides, args.run_dir)
+    if args.model == "all":
+        train_all(run, force=args.force)
+        return 0
+    ensure_clusters(run, force=args.force and args.model == "none")
+    if args.model != "none":
+        result = train_one(run, args.model, force=args.force, stop_after=args.stop_after)
+        if is_main_process(run.cfg):
+            print(json.dumps(asdict(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

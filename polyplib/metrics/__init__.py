@@ -1,0 +1,297 @@
+"""Stage 04: how faithful (FID, KID) and how diverse (MS-SSIM) are the synthetic sets?
+
+The paper's protocol: the FID of each synthetic set against the real training images, over
+``metrics.fid_sets`` independent sets (mean ± sd), beside the real-vs-real reference (two disjoint
+halves of the real images); FID against sampler steps for the unconditional samplers; MS-SSIM
+within each set (real set as reference); and a blinded expert-review kit. Sets absent on disk are
+reported as absent, never faked. Without the real FID Inception weights the stage stops with a
+StageError before anything is computed, so no number ever appears under the name FID.
+
+Independent sets: a method whose manifest has a ``source_id`` and at least two ``sample_index``
+values (the paper's 3 samples per real image) gives one set per sample index, i.e. one synthetic
+pair per source frame, the first ``fid_sets`` of them. Any other method is one set (n = 1, no sd;
+the table says so in ``protocol``): it is not split, because FID is biased upwards at small n and
+a subset's FID would not be comparable with the full set's.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import StageError
+from ..runs import Run, atomic_write_json
+from .fid import (PAPER_FID, RESIZE_POLICY, InceptionFeatures, cached_features, fid_from_features,
+                  kid_from_features, real_halves)
+from .inception_weights import locate_fid_helper_weights, resolve_fid_weights
+from .msssim import PAPER_MSSSIM, msssim_pairs
+from .review import REVIEW_SOURCES, choose_items, cohen_kappa, score_review, write_kit
+from ..training import resolve_device
+
+__all__ = ["evaluate", "load_tables", "discover_sets", "SetInfo", "locate_fid_helper_weights",
+           "resolve_fid_weights", "score_review", "cohen_kappa", "METHOD_LABELS"]
+
+#: Methods in the paper's table order (folders under synthetic/), with their display names.
+METHOD_LABELS = {"singan": "SinGAN-Seg", "gan": "4-channel GAN", "diff": "Diff", "full-diff": "Full-Diff",
+                 "styled-diff": "Styled-Diff", "styled-full-diff": "Full-Styled-Diff"}
+UNCOND = re.compile(r"^uncond-(?P<sampler>.+)-(?P<steps>\d+)$")
+RESIZE_SHORT = "stored size -> 299 px (torch-fidelity TF1 bilinear)"
+KID_SUBSETS = 100
+
+
+@dataclass
+class SetInfo:
+    """The independent sets of one method on disk (or why there are none)."""
+
+    method: str
+    folder: Path
+    status: str = "ok"                        # ok | absent | empty
+    protocol: str = ""
+    sets: list[list[str]] = field(default_factory=list)   # pair ids of each set
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return METHOD_LABELS.get(self.method, self.method)
+
+
+def _accepted(manifest: pd.DataFrame) -> pd.DataFrame:
+    if "accepted" not in manifest:
+        return manifest
+    return manifest[manifest["accepted"].astype(str).str.strip().str.lower().isin(["true", "1", "1.0"])]
+
+
+def split_sets(manifest: pd.DataFrame, fid_sets: int) -> tuple[list[list[str]], str]:
+    """Independent sets of accepted pair ids and the protocol used (see the module docstring)."""
+    m = _accepted(manifest)
+    has_source = "source_id" in m and (m["source_id"].astype(str).str.len() > 0).all()
+    if has_source and "sample_index" in m and m["sample_index"].nunique() >= 2:
+        groups = [list(g["id"].astype(str)) for _, g in sorted(m.groupby("sample_index"), key=lambda t: t[0])]
+        sets = groups[:fid_sets]
+        return sets, (f"one set per sample_index (one pair per source frame): {len(sets)} of "
+                      f"{len(groups)} on disk, {fid_sets} requested")
+    return [list(m["id"].astype(str))], "single set on disk (n=1, no sd)"
+
+
+def discover_sets(run: Run, fid_sets: int, expected: list[str] | None = None) -> dict[str, SetInfo]:
+    """Every method folder under synthetic/ (plus ``expected`` ones, reported absent if missing)."""
+    from ..data.prepared import PreparedSet
+
+    root = run.path("synthetic")
+    found = sorted(p.name for p in root.iterdir() if (p / "manifest.csv").is_file()) if root.is_dir() else []
+    names = list(dict.fromkeys([*(expected or []), *found]))
+    out = {}
+    for method in names:
+        folder = root / method
+        info = SetInfo(method, folder)
+        if method not in found:
+            info.status, info.note = "absent", f"no {folder}/manifest.csv"
+        else:
+            manifest = PreparedSet(folder).manifest
+            info.sets, info.protocol = split_sets(manifest, fid_sets)
+            if not info.sets or not info.sets[0]:
+                info.status, info.note, info.sets = "empty", "no accepted pairs", []
+        out[method] = info
+    return out
+
+
+def _images(folder: Path, ids: list[str]) -> list[np.ndarray]:
+    from ..data.prepared import PreparedSet
+    from ..data.imageio import read_image
+
+    ps = PreparedSet(folder)
+    return [read_image(ps.paths(i)[0]) for i in ids]
+
+
+def _size(images) -> str:
+    shapes = sorted({f"{im.shape[0]}x{im.shape[1]}" for im in images})
+    return shapes[0] if len(shapes) == 1 else "mixed: " + ", ".join(shapes[:3])
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, float)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else float("nan"))
+
+
+# ----------------------------------------------------------------------------- FID / KID
+def _summary(method: str, label: str, protocol: str, n_images: str, pairs: list[tuple[np.ndarray, np.ndarray]],
+             size: str, kid_subset_size: int, seed: int, note: str = "") -> dict:
+    """One table row: FID and KID of each (set, reference) feature pair, mean ± sd over the pairs."""
+    fids = [fid_from_features(a, b) for a, b in pairs]
+    kids = [kid_from_features(a, b, kid_subset_size, KID_SUBSETS, seed) for a, b in pairs]
+    fid_mean, fid_sd = _mean_sd(fids)
+    kid_mean, kid_sd = _mean_sd([k["kid_mean"] for k in kids])
+    return {"method": method, "label": label, "status": "ok", "n_sets": len(fids), "protocol": protocol,
+            "n_images": n_images, "fid_mean": fid_mean, "fid_sd": fid_sd,
+            "fid_per_set": "; ".join(f"{v:.3f}" for v in fids), "kid_mean": kid_mean, "kid_sd": kid_sd,
+            "kid_subset_size": min(k["kid_subset_size"] for k in kids), "n_real": len(pairs[0][1]),
+            "image_size": size, "resize": RESIZE_SHORT, "paper_fid": PAPER_FID.get(method, np.nan), "note": note}
+
+
+def _absent_row(info: SetInfo, kind: str) -> dict:
+    return {"method": info.method, "label": info.label, "status": info.status, "n_sets": 0,
+            "protocol": info.protocol, "note": info.note,
+            **({"paper_fid": PAPER_FID.get(info.method, np.nan)} if kind == "fid"
+               else {"paper_msssim": PAPER_MSSSIM.get(info.method, np.nan)})}
+
+
+def _method_row(info: SetInfo, extractor: InceptionFeatures, real: np.ndarray, m) -> dict:
+    if info.status != "ok":
+        return _absent_row(info, "fid")
+    if any(len(ids) < 2 for ids in info.sets):
+        return {**_absent_row(info, "fid"), "status": "too few", "note": "a set has fewer than 2 images"}
+    feats = []
+    for k, ids in enumerate(info.sets):
+        print(f"FID {info.method}: set {k + 1}/{len(info.sets)} ({len(ids)} images)")
+        feats.append(extractor(_images(info.folder, ids)))
+    return _summary(info.method, info.label, info.protocol, "/".join(str(len(f)) for f in feats),
+                    [(f, real) for f in feats], _size(_images(info.folder, info.sets[0][:1])),
+                    m.kid_subset_size, m.seed)
+
+
+def fid_tables(run: Run, extractor: InceptionFeatures,
+               sets: dict[str, SetInfo]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(FID table in the paper's format, FID against sampler steps, what was cached)."""
+    from ..data.prepared import load_dataset
+
+    m = run.cfg.metrics
+    ds = load_dataset(run)
+    train, test = ds.ids("train"), ds.ids("test")
+    if len(train) < 4:
+        raise StageError(f"FID needs at least 4 real training images (two halves of 2), found {len(train)}")
+    real = cached_features(f"{ds.name}-train", train, [ds.paths(i)[0] for i in train], extractor, m.cache_dir)
+    print(f"real training images: {len(train)} ({'cached' if real.hit else 'extracted'}: {real.path.name})")
+    size = _size(_images(ds.folder, train[:1]))
+    halves = real_halves(len(train), m.fid_sets, m.seed)
+    rows = [_summary("real-halves", "Real vs real (disjoint halves)",
+                     f"{len(halves)} seeded random splits of the training images",
+                     f"{len(halves[0][0])} vs {len(halves[0][1])}",
+                     [(real.features[a], real.features[b]) for a, b in halves], size, m.kid_subset_size, m.seed,
+                     note="reference: FID of real against real at this n")]
+    if len(test) >= 2:
+        held_out = cached_features(f"{ds.name}-test", test, [ds.paths(i)[0] for i in test], extractor, m.cache_dir)
+        rows.append(_summary("real-test", "Real held-out test vs train", "the held-out real test images, one set",
+                             str(len(test)), [(held_out.features, real.features)], size, m.kid_subset_size,
+                             m.seed, note="reference: unseen real images"))
+    steps_rows = []
+    for method, info in sets.items():
+        row = _method_row(info, extractor, real.features, m)
+        uncond = UNCOND.match(method)
+        if uncond:
+            steps_rows.append({"sampler": uncond["sampler"], "steps": int(uncond["steps"]), **row})
+        else:
+            rows.append(row)
+    steps = pd.DataFrame(steps_rows)
+    if len(steps):
+        steps = steps.sort_values(["sampler", "steps"]).reset_index(drop=True)
+    cache = {"real_train": {"path": str(real.path), "key": real.key, "hit": real.hit, "n": len(train)}}
+    return pd.DataFrame(rows), steps, cache
+
+
+# ----------------------------------------------------------------------------- MS-SSIM
+def msssim_table(run: Run, sets: dict[str, SetInfo]) -> tuple[pd.DataFrame, dict]:
+    """MS-SSIM within each set (same number of seeded pairs everywhere), real training set first."""
+    from ..data.prepared import load_dataset
+
+    m = run.cfg.metrics
+    device = str(resolve_device(run.cfg.run.device))
+    ds = load_dataset(run)
+    real = SetInfo("real", ds.folder, protocol="the real training images, one set", sets=[ds.ids("train")])
+    rows, window = [], {}
+    for method, info in {"real": real, **sets}.items():
+        if info.status != "ok" or any(len(ids) < 2 for ids in info.sets):
+            too_few = {"status": "too few", "note": "a set has fewer than 2 images"} if info.status == "ok" else {}
+            rows.append({**_absent_row(info, "msssim"), **too_few})
+            continue
+        means, sds = [], []
+        for ids in info.sets:
+            images = _images(info.folder, ids)
+            if len({im.shape for im in images}) != 1:
+                raise StageError(f"{info.folder}: MS-SSIM needs images of one size, found {_size(images)}")
+            values, window = msssim_pairs(np.stack(images), m.msssim_pairs, m.seed, device=device)
+            means.append(float(values.mean()))
+            sds.append(float(values.std(ddof=1)))
+        mean, sd = _mean_sd(means)
+        rows.append({"method": method, "label": "Real (training images)" if method == "real" else info.label,
+                     "status": "ok", "n_sets": len(means), "protocol": info.protocol,
+                     "n_images": "/".join(str(len(s)) for s in info.sets), "n_pairs": m.msssim_pairs,
+                     "msssim_mean": mean, "msssim_sd": sd, "pair_sd": float(np.mean(sds)),
+                     "win_size": window["win_size"], "win_sigma": window["win_sigma"], "scales": window["scales"],
+                     "image_size": _size(images[:1]), "paper_msssim": PAPER_MSSSIM.get(method, np.nan), "note": ""})
+    return pd.DataFrame(rows), window
+
+
+# ----------------------------------------------------------------------------- review kit
+def review_kit(run: Run, sets: dict[str, SetInfo]) -> pd.DataFrame:
+    """Write metrics/review/kit/ (blinded) and metrics/review/key.csv; a summary without the key."""
+    from ..data.prepared import PreparedSet, load_dataset
+
+    m = run.cfg.metrics
+    ds = load_dataset(run)
+    synthetic, notes = {}, []
+    for source, method in REVIEW_SOURCES.items():
+        if method is None:
+            continue
+        info = sets.get(method)
+        if info is None or info.status != "ok":
+            notes.append(f"{source}: method folder '{method}' {'absent' if info is None else info.status}; left out")
+            continue
+        synthetic[source] = _accepted(PreparedSet(info.folder).manifest).reset_index(drop=True)
+    items, more = choose_items(ds.ids("train"), synthetic, m.review_per_source, m.seed)
+    notes += more
+    pairs = [ds.load(r.pair_id) if r.source == "real" else PreparedSet(sets[r.method].folder).load(r.pair_id)
+             for r in items.itertuples()]
+    paths = write_kit(run.path("metrics", "review"), items, pairs)
+    counts = items.groupby("source").size().reindex(list(REVIEW_SOURCES)).fillna(0).astype(int)
+    return pd.DataFrame({"source": counts.index, "items": counts.values,
+                         "kit": str(paths["html"].parent), "key": str(paths["key"]),
+                         "note": "; ".join(notes) or "every source present"})
+
+
+# ----------------------------------------------------------------------------- the stage
+TABLES = ("04_fid", "04_fid_steps", "04_msssim", "04_review_kit")
+
+
+def _expected(run: Run) -> list[str]:
+    s = run.cfg.sampling
+    uncond = [f"uncond-{smp}-{n}" for smp in dict.fromkeys(s.unconditional_samplers)
+              for n in dict.fromkeys(s.unconditional_steps)] if s.n_unconditional > 0 else []
+    return list(METHOD_LABELS) + uncond
+
+
+def _compute(run: Run) -> dict[str, pd.DataFrame]:
+    m = run.cfg.metrics
+    weights = resolve_fid_weights(m.fid_weights, m.cache_dir)   # first: no weights, no FID, nothing written
+    print(f"FID Inception weights: {weights.path} ({weights.origin}, sha256 {weights.sha256[:12]}…)")
+    extractor = InceptionFeatures(weights, device=run.cfg.run.device)
+    sets = discover_sets(run, m.fid_sets, _expected(run))
+    fid, steps, cache = fid_tables(run, extractor, sets)
+    msssim, window = msssim_table(run, sets)
+    kit = review_kit(run, sets)
+    settings = {"weights": weights.record(), "features": extractor.settings(), "resize_policy": RESIZE_POLICY,
+                "fid_sets": m.fid_sets, "kid_subset_size": m.kid_subset_size, "kid_subsets": KID_SUBSETS,
+                "seed": m.seed, "real_features_cache": cache,
+                "note": "FID is biased upwards at small n; compare numbers only at equal n and image size"}
+    atomic_write_json(run.path("metrics", "fid.json"), {
+        "settings": settings, "fid": fid.to_dict("records"), "fid_steps": steps.to_dict("records")})
+    atomic_write_json(run.path("metrics", "msssim.json"), {
+        "settings": {"pairs_per_set": m.msssim_pairs, "seed": m.seed, "window": window,
+                     "rule": "largest odd win_size <= 11 with (win-1)*16 < min side and win <= min side/16"},
+        "msssim": msssim.to_dict("records")})
+    tables = dict(zip(TABLES, (fid, steps, msssim, kit)))
+    for name, table in tables.items():
+        run.save_table(name, table, stage="04")
+    return tables
+
+
+def load_tables(run: Run) -> dict[str, pd.DataFrame]:
+    """The stage's saved tables (results/04_*.csv)."""
+    return {name: run.load_table(name) for name in TABLES}
+
+
+def evaluate(run: Run, force: bool = False) -> dict[str, pd.DataFrame]:
+    """Stage 04 entry point: tables ``04_fid``, ``04_fid_steps``, ``04_msssim``, ``04_review_kit``."""
+    return run.cached("04", lambda: _compute(run), lambda: load_tables(run), force)

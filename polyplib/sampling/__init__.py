@@ -1,0 +1,376 @@
+"""Stage 03: synthetic labelled pairs (image + mask) from the stage-02 diffusion models.
+
+Methods, each a folder ``runs/<profile>/synthetic/<method>/`` laid out like prepared data
+(``images/``, ``masks/``, ``manifest.csv``; see :mod:`polyplib.sampling.writer`):
+
+- ``diff``: every training image redrawn by RePaint with the DDPM of its own cluster;
+- ``full-diff``: the same with the Full model (``sampling.model: full``, or ``sampling.also_full``);
+- ``styled-<m>``: the accepted pairs of ``<m>``, colours matched to their source (``sampling.style``);
+- ``uncond-<sampler>-<steps>``: pairs drawn from scratch with DDPM / DDIM / DPM-Solver++.
+
+Every pair has its own seed, derived from (``sampling.seed``, source id, sample index), and batches
+are fixed by the plan, so :func:`regenerate` redraws any single pair exactly and a killed run
+resumes where it stopped. :func:`sample_all` is the stage entry point (cached by ``Run.cached``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import StageError
+from ..runs import Run, atomic_write_json
+from .postprocess import PostProcess, clean_mask, dilate, judge, scaled_px
+from .repaint import repaint
+from .style import apply_style
+from .unconditional import pair_seed, sample_unconditional
+from .writer import SyntheticWriter, read_records
+from ..training import resolve_device, torch_threads
+
+__all__ = ["sample_all", "regenerate", "verify_regeneration", "planned_methods", "load_synthetic", "load_summary",
+           "summary_table", "sampler_study", "rejection_table", "synthetic_dir"]
+
+REPAINT_MODELS = {"diff": "cluster", "full-diff": "full"}
+
+
+# ----------------------------------------------------------------------------- planning
+def planned_methods(cfg) -> list[str]:
+    """The method folders this configuration produces, in the order they are made."""
+    s = cfg.sampling
+    base = ["full-diff"] if s.model == "full" else ["diff"] + (["full-diff"] if s.also_full else [])
+    styled = [f"styled-{m}" for m in base] if s.style != "none" else []
+    uncond = [f"uncond-{smp}-{n}" for smp in dict.fromkeys(s.unconditional_samplers)
+              for n in dict.fromkeys(s.unconditional_steps)] if s.n_unconditional > 0 else []
+    return base + styled + uncond
+
+
+def synthetic_dir(run: Run, method: str | None = None) -> Path:
+    return run.path("synthetic", method) if method else run.path("synthetic")
+
+
+def _chunks(jobs: list[dict], size: int) -> list[list[dict]]:
+    return [jobs[i:i + size] for i in range(0, len(jobs), size)]
+
+
+def _clusters(run: Run) -> dict[str, int]:
+    path = run.path("clusters.csv")
+    if not path.exists():
+        raise StageError(f"{path}: missing; the per-cluster models need stage 02 (python run_all.py --only 02)")
+    df = pd.read_csv(path, dtype={"id": str})
+    return dict(zip(df["id"], df["cluster"].astype(int)))
+
+
+class _Context:
+    """What every method of one run shares: the data, the scaled kernels, the model cache."""
+
+    def __init__(self, run: Run):
+        from ..data.prepared import load_dataset
+
+        self.run, self.cfg, self.s = run, run.cfg, run.cfg.sampling
+        self.ds = load_dataset(run)
+        self.files = dict(zip(self.ds.manifest["id"], self.ds.manifest["file"]))
+        self.dilation_px = scaled_px(self.s.dilation_px, self.cfg.data.resolution, 1)
+        self.post = PostProcess.from_config(self.cfg)
+        self.device = str(resolve_device(self.cfg.run.device))
+        self._model: tuple[str, object, dict] | None = None
+
+    def model(self, name: str):
+        """(unet, scheduler config) of ``models/ddpm/<name>``; one model in memory at a time."""
+        if self._model is None or self._model[0] != name:
+            self._model = None
+            self._model = (name, *_load_model(self.run, name, self.device))
+        return self._model[1], self._model[2]
+
+    def default_model(self) -> str:
+        """The Full model for unconditional sampling, else the first cluster model."""
+        root = self.run.path("models", "ddpm")
+        if (root / "full" / "unet").is_dir():
+            return "full"
+        found = sorted(p.parent.name for p in root.glob("cluster-*/unet"))
+        if not found:
+            raise StageError(f"{root}: no trained DDPM (full or cluster-NN); run stage 02 "
+                             "(python run_all.py --only 02)")
+        return found[0]
+
+
+def _load_model(run: Run, name: str, device: str):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    folder = run.path("models", "ddpm", name)
+    if not (folder / "unet").is_dir() or not (folder / "scheduler").is_dir():
+        raise StageError(f"{folder}: no trained model '{name}' (unet/ + scheduler/); run stage 02 "
+                         "(python run_all.py --only 02)")
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet").to(device).eval()
+    scheduler_config = dict(DDPMScheduler.from_pretrained(folder, subfolder="scheduler").config)
+    size = unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    if unet.config.in_channels != 4 or unet.config.out_channels != 4:
+        raise StageError(f"{folder}: the UNet must have 4 input and output channels (RGB + mask), has "
+                         f"{unet.config.in_channels}/{unet.config.out_channels}")
+    if size != run.cfg.data.resolution:
+        raise StageError(f"{folder}: model trained at {size} px but data.resolution is {run.cfg.data.resolution}")
+    return unet, scheduler_config
+
+
+def _fingerprint(run: Run, names: list[str]) -> list:
+    """Which model files a folder was made from (size + modification time, cheap for 2 GB models)."""
+    out = []
+    for name in sorted(set(names)):
+        folder = run.path("models", "ddpm", name)
+        files = sorted(p for sub in ("unet", "scheduler") for p in (folder / sub).glob("*") if p.is_file())
+        out.append([name, [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]])
+    return out
+
+
+def _key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- methods
+def _repaint_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
+    """Jobs grouped by model (each model loaded once), chunked into fixed batches."""
+    s, m = ctx.s, ctx.ds.manifest.set_index("id")
+    per_cluster = REPAINT_MODELS[method] == "cluster"
+    clusters = _clusters(ctx.run) if per_cluster or ctx.run.path("clusters.csv").exists() else {}
+    jobs: dict[str, list[dict]] = {}
+    skipped = []
+    for sid in ctx.ds.ids("train"):
+        if "empty" in m and str(m.at[sid, "empty"]) == "True":
+            skipped.append(sid)   # nothing to redraw: no polyp in the source
+            continue
+        if per_cluster and sid not in clusters:
+            raise StageError(f"{ctx.run.path('clusters.csv')}: training image '{sid}' has no cluster")
+        model = f"cluster-{clusters[sid]:02d}" if per_cluster else "full"
+        for k in range(s.samples_per_image):
+            jobs.setdefault(model, []).append({
+                "id": f"{ctx.files[sid]}_s{k}", "file": f"{ctx.files[sid]}_s{k}", "source_id": sid,
+                "cluster": int(clusters.get(sid, -1)), "model": model, "method": method, "sampler": "repaint",
+                "steps": s.steps, "seed": pair_seed(s.seed, sid, k), "sample_index": k})
+    batches = [b for model in sorted(jobs) for b in _chunks(jobs[model], s.batch_size)]
+    params = {"skip_steps": s.skip_steps, "jump_length": s.jump_length, "jump_n_sample": s.jump_n_sample,
+              "dilation_px": ctx.dilation_px, **ctx.post.as_row()}
+    key = _key({"method": method, "params": params, "steps": s.steps, "batch": s.batch_size, "seed": s.seed,
+                "data": ctx.run.keys.get("01"), "ids": [j["id"] for b in batches for j in b],
+                "models": _fingerprint(ctx.run, list(jobs))})
+    return batches, {"key": key, "params": params, "skipped_empty_sources": skipped}
+
+
+def _repaint_compute(ctx: _Context, batch: list[dict], params: dict) -> list[tuple]:
+    """[(record fields, image, cleaned mask, raw mask channel)] of one batch."""
+    s = ctx.s
+    unet, sconf = ctx.model(batch[0]["model"])
+    pairs = [ctx.ds.load(j["source_id"]) for j in batch]
+    images = np.stack([p[0] for p in pairs])
+    masks = np.stack([p[1] for p in pairs])
+    regions = np.stack([dilate(m, ctx.dilation_px) for m in masks])
+    out, raw, nfe = repaint(unet, sconf, images, masks, regions, [j["seed"] for j in batch], steps=s.steps,
+                            skip_steps=s.skip_steps, jump_length=s.jump_length, jump_n_sample=s.jump_n_sample)
+    return [_judged(ctx, params, out[i], raw[i], nfe, region_fraction=round(float(regions[i].mean()), 6))
+            for i in range(len(batch))]
+
+
+def _judged(ctx: _Context, params: dict, image, raw, nfe: int, **extra):
+    mask = clean_mask(raw, ctx.post)
+    accepted, reason, coverage, components = judge(mask, ctx.post)
+    row = {"accepted": accepted, "reason": reason, "coverage": round(coverage, 6), "components": components,
+           "nfe": nfe, "height": int(image.shape[0]), "width": int(image.shape[1]), **params, **extra}
+    return row, image, mask, raw
+
+
+def _uncond_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
+    s = ctx.s
+    _, sampler, steps = method.split("-", 2)
+    model = ctx.default_model()
+    jobs = [{"id": f"sample_{i:05d}", "file": f"sample_{i:05d}", "source_id": "", "cluster": -1, "model": model,
+             "method": method, "sampler": sampler, "steps": int(steps),
+             "seed": pair_seed(s.seed, "unconditional", i), "sample_index": i} for i in range(s.n_unconditional)]
+    batches = _chunks(jobs, s.batch_size)
+    params = ctx.post.as_row()
+    key = _key({"method": method, "params": params, "batch": s.batch_size, "seed": s.seed,
+                "ids": [j["id"] for j in jobs], "models": _fingerprint(ctx.run, [model])})
+    return batches, {"key": key, "params": params}
+
+
+def _uncond_compute(ctx: _Context, batch: list[dict], params: dict):
+    unet, sconf = ctx.model(batch[0]["model"])
+    images, raw, nfe = sample_unconditional(unet, sconf, batch[0]["sampler"], batch[0]["steps"],
+                                            [j["seed"] for j in batch])
+    return [_judged(ctx, params, images[i], raw[i], nfe) for i in range(len(batch))]
+
+
+def _styled_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
+    base = method[len("styled-"):]
+    folder = synthetic_dir(ctx.run, base)
+    plan = json.loads((folder / "plan.json").read_text()) if (folder / "plan.json").exists() else {}
+    if not plan.get("complete"):
+        raise StageError(f"{folder}: '{base}' must be complete before it can be styled")
+    manifest = pd.read_csv(folder / "manifest.csv", dtype={"id": str, "file": str, "source_id": str},
+                           keep_default_na=False)
+    jobs = [{**row, "method": method, "base_method": base, "style": ctx.s.style}
+            for row in manifest.to_dict("records")]
+    return [[j] for j in jobs], {"key": _key({"base": plan["key"], "style": ctx.s.style}), "params": {}}
+
+
+def _styled_compute(ctx: _Context, batch: list[dict], params: dict):
+    from ..data.imageio import read_image, read_mask
+
+    job = batch[0]
+    folder = synthetic_dir(ctx.run, job["base_method"])
+    image = read_image(folder / "images" / f"{job['file']}.png")
+    mask = read_mask(folder / "masks" / f"{job['file']}.png")
+    styled = apply_style(job["style"], image, ctx.ds.load(job["source_id"])[0])
+    return [({"accepted": True, "reason": ""}, styled, mask, mask.astype(np.uint8) * 255)]
+
+
+def _kind(method: str) -> tuple[Callable, Callable]:
+    if method in REPAINT_MODELS:
+        return _repaint_plan, _repaint_compute
+    if method.startswith("styled-") and method[len("styled-"):] in REPAINT_MODELS:
+        return _styled_plan, _styled_compute
+    if method.startswith("uncond-"):
+        return _uncond_plan, _uncond_compute
+    raise StageError(f"unknown synthetic method '{method}'; "
+                     "known: diff, full-diff, styled-<m>, uncond-<sampler>-<steps>")
+
+
+# ----------------------------------------------------------------------------- running
+def _run_method(ctx: _Context, method: str, force: bool, on_pair: Callable[[dict], None] | None) -> dict:
+    from tqdm import tqdm
+
+    plan_fn, compute = _kind(method)
+    batches, info = plan_fn(ctx, method)
+    ids = [j["id"] for b in batches for j in b]
+    writer = SyntheticWriter(synthetic_dir(ctx.run, method), info["key"], ids, info, fresh=force)
+    todo = [b for b in batches if not all(writer.is_done(j["id"]) for j in b)]
+    bar = tqdm(total=len(ids), initial=len(ids) - sum(len(b) for b in todo), desc=method, unit="pair",
+               disable=not ctx.cfg.run.progress)
+    with bar:
+        for batch in todo:
+            started = time.perf_counter()
+            results = compute(ctx, batch, info["params"])
+            seconds = round((time.perf_counter() - started) / len(batch), 4)
+            for job, (row, image, mask, _raw) in zip(batch, results):
+                if writer.is_done(job["id"]):
+                    continue
+                record = {**job, **row, "seconds": seconds}
+                writer.write(record, image, mask)
+                bar.update(1)
+                if on_pair is not None:
+                    on_pair(record)
+            writer.flush()
+    writer.finish()
+    summary = _method_summary(ctx.run, method, writer.table())
+    summary["skipped_empty_sources"] = len(info.get("skipped_empty_sources", []))
+    return summary
+
+
+def _method_summary(run: Run, method: str, df: pd.DataFrame) -> dict:
+    accepted = int(df["accepted"].astype(bool).sum()) if len(df) else 0
+    total_s = float(df["seconds"].sum()) if "seconds" in df and len(df) else 0.0
+    first = df.iloc[0] if len(df) else {}
+    return {
+        "method": method, "folder": str(synthetic_dir(run, method).relative_to(run.dir)),
+        "sampler": first.get("sampler", "") if len(df) else "", "steps": int(first.get("steps", 0)) if len(df) else 0,
+        "pairs": int(len(df)), "accepted": accepted, "rejected": int(len(df) - accepted),
+        "reasons": dict(Counter(r for r in df.get("reason", []) if r)),
+        "models": sorted(set(df["model"])) if len(df) else [],
+        "nfe_per_pair": float(df["nfe"].mean()) if "nfe" in df and len(df) else 0.0,
+        "seconds_per_pair": round(total_s / len(df), 4) if len(df) else 0.0,
+        "seconds_per_accepted_pair": round(total_s / accepted, 4) if accepted else None,
+    }
+
+
+def sample_all(run: Run, force: bool = False, *, methods: list[str] | None = None,
+               on_pair: Callable[[dict], None] | None = None) -> dict:
+    """Stage 03: make every planned synthetic set; resumes unfinished ones; returns the summary.
+
+    ``on_pair(record)`` is called after each pair is on disk (progress hooks, tests that kill a run).
+    """
+    methods = methods or planned_methods(run.cfg)
+
+    def compute() -> dict:
+        ctx = _Context(run)
+        with torch_threads(ctx.cfg.run.torch_threads, ctx.device):
+            results = [_run_method(ctx, m, force, on_pair) for m in methods]
+        summary = {"methods": results, "resolution": run.cfg.data.resolution, "dilation_px": ctx.dilation_px,
+                   "opening_px": ctx.post.opening_px, "device": ctx.device,
+                   "note": "seconds are wall-clock of the run that made each pair (resumed batches are retimed)"}
+        atomic_write_json(synthetic_dir(run) / "summary.json", summary)
+        return summary
+
+    return run.cached("03", compute, lambda: load_summary(run), force)
+
+
+def load_summary(run: Run) -> dict:
+    path = synthetic_dir(run) / "summary.json"
+    if not path.exists():
+        raise StageError(f"{path}: missing; run stage 03 (python run_all.py --only 03)")
+    return json.loads(path.read_text())
+
+
+def summary_table(summary: dict) -> pd.DataFrame:
+    """One row per method: pairs, acceptance, UNet evaluations and seconds per pair."""
+    cols = ["method", "sampler", "steps", "pairs", "accepted", "rejected", "nfe_per_pair", "seconds_per_pair",
+            "seconds_per_accepted_pair"]
+    return pd.DataFrame([{c: m.get(c) for c in cols} for m in summary["methods"]], columns=cols)
+
+
+def sampler_study(summary: dict) -> pd.DataFrame:
+    """Cost per pair of every sampling method (styled copies add no UNet evaluations), cheapest first."""
+    table = summary_table(summary)
+    table = table[~table["method"].str.startswith("styled-")]
+    cols = ["method", "sampler", "steps", "nfe_per_pair", "seconds_per_pair", "seconds_per_accepted_pair", "pairs",
+            "accepted"]
+    return table[cols].sort_values(["nfe_per_pair", "method"]).reset_index(drop=True)
+
+
+def rejection_table(summary: dict) -> pd.DataFrame:
+    """Why pairs were rejected: one row per method and reason."""
+    rows = [{"method": m["method"], "reason": reason, "pairs": n}
+            for m in summary["methods"] for reason, n in m["reasons"].items()]
+    return pd.DataFrame(rows, columns=["method", "reason", "pairs"])
+
+
+def verify_regeneration(run: Run, method: str, pair_id: str | None = None) -> dict:
+    """Redraw one written pair (default: the first) and compare it with the files on disk."""
+    from .figures import load_pair
+
+    records = read_records(synthetic_dir(run, method))
+    if records.empty:
+        raise StageError(f"{synthetic_dir(run, method)}: no pairs to regenerate")
+    rec = records.iloc[0] if pair_id is None else records.set_index("id", drop=False).loc[pair_id]
+    image, mask = load_pair(run, method, rec.to_dict())
+    again = regenerate(run, method, rec["id"])
+    return {"method": method, "pair_id": rec["id"], "seed": int(rec["seed"]), "accepted": bool(rec["accepted"]),
+            "identical": bool(np.array_equal(again["image"], image) and np.array_equal(again["mask"], mask))}
+
+
+def load_synthetic(run: Run, method: str):
+    """A finished synthetic set as a :class:`PreparedSet` (accepted pairs only)."""
+    from ..data.prepared import PreparedSet
+
+    return PreparedSet(synthetic_dir(run, method))
+
+
+def regenerate(run: Run, method: str, pair_id: str) -> dict:
+    """Redraw one pair exactly as the stage made it: {'image', 'mask', 'raw_mask', 'record'}.
+
+    Its whole batch is recomputed (batches are fixed by the plan), so even the floating-point
+    results of a batched UNet are the same.
+    """
+    ctx = _Context(run)
+    plan_fn, compute = _kind(method)
+    batches, info = plan_fn(ctx, method)
+    for batch in batches:
+        for i, job in enumerate(batch):
+            if job["id"] == pair_id:
+                with torch_threads(ctx.cfg.run.torch_threads, ctx.device):
+                    row, image, mask, raw = compute(ctx, batch, info["params"])[i]
+                return {"image": image, "mask": mask, "raw_mask": raw, "record": {**job, **row}}
+    raise StageError(f"pair '{pair_id}' is not planned for method '{method}'")

@@ -1,0 +1,107 @@
+"""Figures of notebook 03: real vs inpainted vs styled pairs, and unconditional samples.
+
+Why a module: the notebook only calls these; all reading of method folders lives here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.imageio import read_image, read_mask
+from ..plots import overlay
+from ..runs import Run
+from .postprocess import dilate
+from .writer import read_records
+
+
+def _folder(run: Run, method: str):
+    return run.path("synthetic", method)
+
+
+def load_pair(run: Run, method: str, record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask) of one record of a method folder, accepted or rejected."""
+    base = _folder(run, method) if str(record["accepted"]) == "True" else _folder(run, method) / "rejected"
+    return read_image(base / "images" / f"{record['file']}.png"), read_mask(base / "masks" / f"{record['file']}.png")
+
+
+def _outline(image: np.ndarray, region: np.ndarray, colour=(255, 220, 0)) -> np.ndarray:
+    """Draw the border of ``region`` (the redrawn area) on ``image``."""
+    import cv2
+
+    out = image.copy()
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, colour, 1)
+    return out
+
+
+def _methods(summary: dict) -> list[str]:
+    return [m["method"] for m in summary["methods"]]
+
+
+def inpainting_grid(run: Run, summary: dict, n_clusters: int = 4, size: float = 2.2):
+    """One row per cluster (first accepted pair of each): real with the redrawn region outlined in
+    yellow, the RePaint pair, and its styled copy; masks tinted green."""
+    import matplotlib.pyplot as plt
+
+    from ..data.prepared import load_dataset
+
+    methods = _methods(summary)
+    base = next(m for m in ("diff", "full-diff") if m in methods)
+    styled = f"styled-{base}" if f"styled-{base}" in methods else None
+    df = read_records(_folder(run, base))
+    df = df[df["accepted"].astype(str) == "True"].drop_duplicates("cluster").head(n_clusters)
+    ds = load_dataset(run)
+    cols = 3 if styled else 2
+    fig, axes = plt.subplots(max(1, len(df)), cols, figsize=(size * cols, size * max(1, len(df))), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, rec in enumerate(df.to_dict("records")):
+        image, mask = ds.load(rec["source_id"])
+        real = _outline(overlay(image, mask), dilate(mask, summary["dilation_px"]))
+        panels = [(real, f"real {rec['source_id']} (cluster {rec['cluster']})"),
+                  (overlay(*load_pair(run, base, rec)), f"{base} ({rec['model']})")]
+        if styled:
+            panels.append((overlay(*load_pair(run, styled, {**rec, "accepted": True})), styled))
+        for col, (panel, title) in enumerate(panels):
+            axes[row, col].imshow(panel)
+            axes[row, col].set_title(title, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def unconditional_grid(run: Run, summary: dict, n: int = 6, size: float = 1.6):
+    """One row per unconditional set (sampler x steps): its first ``n`` pairs, rejected ones marked."""
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in _methods(summary) if m.startswith("uncond-")]
+    fig, axes = plt.subplots(max(1, len(methods)), n, figsize=(size * n, size * max(1, len(methods))), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, method in enumerate(methods):
+        for col, rec in enumerate(read_records(_folder(run, method)).head(n).to_dict("records")):
+            axes[row, col].imshow(overlay(*load_pair(run, method, rec)))
+            ok = str(rec["accepted"]) == "True"
+            axes[row, col].set_title(method if col == 0 else ("" if ok else "rejected"), fontsize=7,
+                                     color="black" if ok else "red")
+    if not methods:
+        axes[0, 0].text(0.5, 0.5, "no unconditional sets (sampling.n_unconditional = 0)", ha="center")
+    fig.tight_layout()
+    return fig
+
+
+def cost_plot(table, size=(6.0, 3.2)):
+    """Seconds per pair against UNet evaluations per pair, one point per method."""
+    import matplotlib.pyplot as plt
+
+    table = table[~table["method"].str.startswith("styled-")]   # styling adds no UNet evaluations
+    fig, ax = plt.subplots(figsize=size)
+    for sampler, part in table.groupby("sampler"):
+        ax.plot(part["nfe_per_pair"], part["seconds_per_pair"], "o", label=sampler)
+        for _, r in part.iterrows():
+            ax.annotate(r["method"], (r["nfe_per_pair"], r["seconds_per_pair"]), fontsize=6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("UNet evaluations per pair")
+    ax.set_ylabel("seconds per pair")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,186 @@
+"""Stage 03 building blocks: mask post-processing, MKL styling, samplers and their UNet cost."""
+import numpy as np
+import pytest
+import torch
+
+from polyplib.errors import StageError
+from polyplib.sampling.postprocess import PostProcess, clean_mask, dilate, judge, scaled_px
+from polyplib.sampling.style import STYLES, apply_style, mkl_transfer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are fastest on one thread, and 2 shared cores are often busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_unet(size=32, seed=0):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=size, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+
+
+def scheduler_config():
+    from diffusers import DDPMScheduler
+
+    return dict(DDPMScheduler(1000).config)
+
+
+class Counter:
+    """Counts UNet forward calls with a forward hook (independent of what the samplers report)."""
+
+    def __init__(self, unet):
+        self.n = 0
+        self.handle = unet.register_forward_hook(self)
+
+    def __call__(self, *args):
+        self.n += 1
+
+
+# ----------------------------------------------------------------------------- post-processing
+def test_kernels_scale_with_resolution():
+    assert scaled_px(20, 256, 1) == 20 and scaled_px(16, 256, 3) == 16
+    assert scaled_px(20, 64, 1) == 5 and scaled_px(16, 64, 3) == 4
+    assert scaled_px(20, 8, 1) == 1 and scaled_px(16, 16, 3) == 3   # at least 1 px / 3 px
+    assert scaled_px(0, 256, 3) == 0                                  # 0 switches the step off
+    region = dilate(np.pad(np.ones((4, 4), bool), 10), 5)
+    assert region.sum() > 16 and region[10:14, 10:14].all()
+
+
+def test_specks_and_thin_bridge_are_cleaned():
+    yy, xx = np.mgrid[:64, :64]
+    blobs = ((yy - 32) ** 2 + (xx - 16) ** 2 <= 64) | ((yy - 32) ** 2 + (xx - 48) ** 2 <= 64)
+    raw = np.where(blobs, 230, 20).astype(np.uint8)
+    raw[32, 16:49] = 200                      # a 1-px bridge joining the two blobs
+    for y, x in [(5, 5), (5, 58), (58, 30), (50, 50)]:
+        raw[y:y + 2, x:x + 2] = 255           # 2x2 specks
+    raw[10, 30] = 128                         # just above the threshold: a speck too
+    post = PostProcess(opening_px=scaled_px(16, 64, 3), min_component_fraction=0.001, max_coverage=0.95)
+    mask = clean_mask(raw, post)
+    import cv2
+
+    assert cv2.connectedComponents(mask.astype(np.uint8))[0] - 1 == 2      # bridge cut, specks gone
+    assert not mask[:20].any() and not mask[48:].any()
+    assert not mask[32, 28:37].any()                                      # the bridge's middle
+    iou = (mask & blobs).sum() / (mask | blobs).sum()
+    assert iou > 0.85
+    assert judge(mask, post)[0] is True
+
+
+def test_threshold_is_127_and_small_components_are_removed():
+    post = PostProcess(opening_px=0, min_component_fraction=0.01, max_coverage=0.95)
+    raw = np.zeros((32, 32), np.uint8)
+    raw[:4, :4] = 128           # 16 px > 1 % of 1024: kept
+    raw[20:22, 20:22] = 255     # 4 px < 10.24 px: removed
+    raw[10:14, 10:14] = 127     # not above the threshold
+    mask = clean_mask(raw, post)
+    assert mask.sum() == 16 and mask[:4, :4].all()
+
+
+def test_empty_and_degenerate_masks_are_rejected_with_a_reason():
+    post = PostProcess(opening_px=3, min_component_fraction=0.001, max_coverage=0.95)
+    ok, reason, coverage, comps = judge(clean_mask(np.full((32, 32), 10, np.uint8), post), post)
+    assert (ok, coverage, comps) == (False, 0.0, 0) and "empty" in reason
+    ok, reason, coverage, _ = judge(np.ones((32, 32), bool), post)
+    assert not ok and coverage == 1.0 and "covers" in reason
+
+
+def test_rejected_pairs_are_recorded_not_written_as_data(tmp_path):
+    from polyplib.data.prepared import PreparedSet
+    from polyplib.sampling.writer import SyntheticWriter, read_records
+
+    w = SyntheticWriter(tmp_path / "m", "k1", ["a", "b"])
+    img = np.zeros((8, 8, 3), np.uint8)
+    w.write({"id": "a", "file": "a", "accepted": True, "reason": ""}, img, np.eye(8, dtype=bool))
+    w.write({"id": "b", "file": "b", "accepted": False, "reason": "empty mask after post-processing"},
+            img, np.zeros((8, 8), bool))
+    w.finish()
+    ds = PreparedSet(tmp_path / "m")
+    assert ds.ids() == ["a"] and ds.load("a")[1].sum() == 8
+    assert not (tmp_path / "m" / "images" / "b.png").exists()
+    assert (tmp_path / "m" / "rejected" / "images" / "b.png").exists()
+    allrows = read_records(tmp_path / "m")
+    assert list(allrows["id"]) == ["a", "b"] and allrows.loc[1, "reason"].startswith("empty")
+    # same key: resumes with both records; another key (other settings): starts afresh
+    assert SyntheticWriter(tmp_path / "m", "k1", ["a", "b"]).complete
+    fresh = SyntheticWriter(tmp_path / "m", "k2", ["a", "b"])
+    assert not fresh.records and not (tmp_path / "m" / "images" / "a.png").exists()
+
+
+# ----------------------------------------------------------------------------- styling
+def test_mkl_matches_colour_mean_and_covariance():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96] / 96.0
+    base = np.stack([0.5 + 0.3 * np.sin(6 * xx), 0.4 + 0.2 * yy, 0.3 + 0.2 * xx * yy], -1)
+    image = np.clip((base + rng.normal(0, 0.05, base.shape)) * 255, 0, 255).astype(np.uint8)
+    ref_lin = np.array([[0.7, 0.2, 0.0], [0.1, 0.5, 0.1], [0.0, 0.2, 0.4]])
+    reference = np.clip(base @ ref_lin.T * 255 + 30 + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    out = mkl_transfer(image, reference)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    flat = [a.reshape(-1, 3).astype(float) for a in (out, reference, image)]
+    (m_out, c_out), (m_ref, c_ref), (m_in, c_in) = [(f.mean(0), np.cov(f, rowvar=False)) for f in flat]
+    assert np.abs(m_out - m_ref).max() < 1.0                               # grey levels
+    assert np.abs(c_out - c_ref).max() < 0.03 * np.abs(c_ref).max()
+    assert np.abs(m_in - m_ref).max() > 10                                 # it really had to move
+    assert np.array_equal(apply_style("mkl", image, reference), out)
+
+
+def test_guided_style_has_its_place_and_says_weights_are_needed():
+    assert set(STYLES) >= {"mkl", "guided"}
+    img = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(StageError, match="weights"):
+        apply_style("guided", img, img)
+    with pytest.raises(StageError, match="unknown style"):
+        apply_style("nope", img, img)
+
+
+# ----------------------------------------------------------------------------- samplers
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_unconditional_samplers_shapes_and_unet_evaluations(sampler):
+    from polyplib.sampling.unconditional import sample_unconditional
+
+    unet = tiny_unet()
+    hook = Counter(unet)
+    for steps in (3, 7):
+        hook.n = 0
+        images, masks, nfe = sample_unconditional(unet, scheduler_config(), sampler, steps, [1, 2])
+        assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+        assert masks.shape == (2, 32, 32) and masks.dtype == np.uint8
+        assert hook.n == nfe == steps
+    again = sample_unconditional(unet, scheduler_config(), sampler, 3, [2])
+    assert np.array_equal(again[0][0], sample_unconditional(unet, scheduler_config(), sampler, 3, [2])[0][0])
+
+
+def test_repaint_cost_and_known_region():
+    from polyplib.sampling.repaint import count_evaluations, repaint
+
+    assert count_evaluations(200, 10, 5, 0) == 960     # the paper's jump schedule from the top
+    assert count_evaluations(200, 10, 5, 80) == 600    # ... started after skipping 80 steps
+    unet = tiny_unet()
+    hook = Counter(unet)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((2, 32, 32), bool)
+    masks[:, 10:20, 12:22] = True
+    regions = np.stack([dilate(m, 5) for m in masks])
+    out, raw, nfe = repaint(unet, scheduler_config(), images, masks, regions, [3, 4], steps=12, skip_steps=3,
+                            jump_length=3, jump_n_sample=2)
+    assert nfe == hook.n == count_evaluations(12, 3, 2, 3)
+    assert np.array_equal(out[~regions], images[~regions]) and not raw[~regions].any()
+    assert (out[regions] != images[regions]).mean() > 0.5
+    with pytest.raises(StageError, match="skip_steps"):
+        repaint(unet, scheduler_config(), images, masks, regions, [3, 4], steps=5, skip_steps=5,
+                jump_length=2, jump_n_sample=2)
+
+
+def test_pair_seeds_are_stable_and_distinct():
+    from polyplib.sampling.unconditional import pair_seed
+
+    assert pair_seed(0, "img1", 0) == pair_seed(0, "img1", 0)
+    assert len({pair_seed(s, i, k) for s in (0, 1) for i in ("a", "b") for k in range(3)}) == 12
