@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the study never downloads weight
 from polyplib.config import load_config, profiles  # noqa: E402
 from polyplib.errors import ConfigError  # noqa: E402
 from polyplib.runs import PROJECT_ROOT, Run, atomic_write_json, device_info, git_state, package_versions  # noqa: E402
+from polyplib.report import write_report  # noqa: E402
 from polyplib.stages import STAGES, Stage  # noqa: E402
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -169,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     figures = Path(args.figures_dir) if args.figures_dir else PROJECT_ROOT / "figures" / Path(cfg.profile).stem
     meta["figures_copied"] = copy_figures(run, figures)
     atomic_write_json(run.path("run_meta.json"), meta)
+    meta["report"] = write_report(run)     # after run_meta.json: the report quotes it
+    atomic_write_json(run.path("run_meta.json"), meta)
     print_table(rows)
     print(f"run folder: {run.dir}")
+    print(f"report:     {meta['report']['markdown']} (and .html)")
     return code
 
 

@@ -28,6 +28,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("04", "metrics", "04_fid_msssim.ipynb", "FID and MS-SSIM", ("metrics",), ("01", "03")),
     Stage("05", "gan", "05_gan_comparison.ipynb", "GAN comparison", ("gan", "metrics"), ("01", "02", "03")),
     Stage("06", "segmentation", "06_segmentation.ipynb", "Segmentation", ("segmentation",), ("01", "03", "05")),
+    Stage("07", "transfer", "07_transfer.ipynb", "Transfer tests", ("segmentation",), ("01", "06")),
 )
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from polyplib.stages import STAGES, downstream
+from polyplib.config import load_config
+from polyplib.stages import STAGES, downstream, stage_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,17 +67,20 @@ def test_second_run_is_all_cached_and_faster(smoke):
 
 def test_set_reruns_the_dependent_stage_and_only_what_reads_it(smoke):
     base, args, _, _ = smoke
-    stage = next(s for s in STAGES if s.name == "metrics")
-    expected = {stage.id, *downstream(stage.id)}
-    proc, _ = run_all(*args, "--set", "metrics.msssim_pairs=37")
+    stage = next(s for s in STAGES if s.name == "segmentation")
+    override = "segmentation.bootstrap=600"
+    before, after = stage_keys(load_config("smoke")), stage_keys(load_config("smoke", [override]))
+    expected = {k for k in before if before[k] != after[k]}   # 06, 07 (both read segmentation.*)
+    assert expected == {stage.id, *downstream(stage.id)} and "01" not in expected
+    proc, _ = run_all(*args, "--set", override)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((base / "run" / "run_meta.json").read_text())
     status = {s["stage"]: s["status"] for s in meta["stages"]}
     assert {k for k, v in status.items() if v == "ran"} == expected, status
     assert all(v == "cached" for k, v in status.items() if k not in expected)
-    assert meta["overrides"] == ["metrics.msssim_pairs=37"]
-    listed, _ = run_all(*args, "--set", "metrics.msssim_pairs=37", "--list")
-    assert f"{stage.id} metrics" in listed.stdout and "to run" not in listed.stdout
+    assert meta["overrides"] == [override]
+    listed, _ = run_all(*args, "--set", override, "--list")
+    assert f"{stage.id} segmentation" in listed.stdout and "to run" not in listed.stdout
     other, _ = run_all(*args, "--list")
     assert "to run" in other.stdout  # the default configuration's stage 04 was replaced
 
@@ -106,3 +110,43 @@ def test_failing_notebook_is_named_with_its_cell_and_kept(tmp_path):
     assert kept.exists() and "partially executed copy kept at" in proc.stderr
     meta = json.loads((tmp_path / "run" / "run_meta.json").read_text())
     assert meta["stages"][0]["status"] == "failed"
+
+
+def _markdown_sections(text: str) -> dict[str, list[list[str]]]:
+    """Body rows (cells) of every Markdown table in the report, by the notebook its section names."""
+    import re
+
+    out, notebook, lines = {}, None, text.splitlines()
+    for i, line in enumerate(lines):
+        heading = re.match(r"## .*\(notebook (\d\d)\)", line)
+        if heading:
+            notebook = heading.group(1)
+        is_header = i + 1 < len(lines) and lines[i + 1].startswith("|---")
+        if notebook and line.startswith("| ") and not is_header:
+            out.setdefault(notebook, []).append([c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")])
+    return out
+
+
+def test_report_numbers_are_exactly_the_executed_notebooks_numbers(smoke):
+    """run_all ends with report.md/.html; every number in its tables is printed by its notebook."""
+    import html
+
+    base = smoke[0] / "run"
+    report = (base / "report.md").read_text()
+    assert (base / "report.html").read_text().startswith("<!doctype html>")
+    assert "Differences from the paper" in report and "phantom" in report
+    sections = _markdown_sections(report)
+    assert set(sections) == {"04", "05", "06", "07"}
+    checked = intervals = 0
+    for nb_id, rows in sections.items():
+        stage = next(s for s in STAGES if s.id == nb_id)
+        nb = json.loads((base / "notebooks" / stage.notebook).read_text())
+        shown = "".join("".join(o.get("data", {}).get("text/html", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                        for o in c["outputs"])
+        for row in rows:
+            for cell in row:
+                if any(ch.isdigit() for ch in cell):
+                    assert html.escape(cell, quote=False) in shown, f"notebook {nb_id}: '{cell}' not shown"
+                    checked += 1
+                    intervals += "[" in cell
+    assert checked > 50 and intervals > 10, (checked, intervals)

@@ -13,13 +13,24 @@ def _pm(mean, sd, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None and np.isfinite(sd) else " (n=1)")
 
 
+def _count(value) -> str:
+    """An image count as text the same way whether it was read from CSV (48.0) or not (48, '24 vs 24')."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+        return ""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(int(number)) if number.is_integer() else str(value)
+
+
 def _display(table: pd.DataFrame, value: str, sd: str, paper: str, name: str, digits: int) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=["method", f"{name} (this run)"])
     out = pd.DataFrame({
         "method": table["label"],
         f"{name} (this run, mean ± sd over sets)": [_pm(m, s, digits) for m, s in zip(table[value], table[sd])],
-        "sets": table["n_sets"], "images per set": table["n_images"].fillna("").astype(str),
+        "sets": table["n_sets"], "images per set": table["n_images"].map(_count),
         "image size": table["image_size"].fillna("").astype(str),
         f"{name} (the paper: real data, 256 px)": table[paper].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
         "status": table["status"]})

@@ -89,3 +89,28 @@ def showcase_configurations(run: Run) -> list[Configuration]:
     picks = [results[results["regime"] == "real"], synthetic, mixed.sort_values("preferred", kind="stable")]
     return [Configuration.from_row(p.iloc[0]) for p in picks if len(p)]
 
+
+def transfer_plot(summary: pd.DataFrame, title: str = "Test IoU in-domain and on other data sets (mean, 95 % CI)"):
+    """One line per configuration group across the test domains (in-domain first): mean IoU with its
+    bootstrap 95 % CI. Lines that stay parallel mean the ranking of the regimes transfers."""
+    import matplotlib.pyplot as plt
+
+    df = summary.astype({"source": str, "n_real": str})
+    domains = list(dict.fromkeys(["in-domain", *df["target"]]))
+    labels = list(dict.fromkeys(config_label(r) for _, r in df.iterrows()))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(domains) + 3.5), 4.2))
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    width = 0.5 / max(1, len(labels))
+    for k, name in enumerate(labels):
+        rows = df[[config_label(r) == name for _, r in df.iterrows()]].set_index("target").reindex(domains)
+        x = np.arange(len(domains)) + (k - (len(labels) - 1) / 2) * width
+        err = np.vstack([rows["iou"] - rows["iou_lo"], rows["iou_hi"] - rows["iou"]])
+        ax.errorbar(x, rows["iou"], yerr=err, marker="o", capsize=3, linewidth=1, color=cmap(k % cmap.N),
+                    label=name, linestyle="-" if rows.loc["in-domain", "regime"] != "real" else "--")
+    ax.set_xticks(np.arange(len(domains)), domains)
+    ax.set_ylabel("IoU")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig

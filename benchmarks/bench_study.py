@@ -1,0 +1,64 @@
+"""Whole-study wall time and peak memory of one profile, run end to end from an empty run folder.
+
+    python benchmarks/bench_study.py --profile course      # about 45 min on 2 CPU cores
+    python benchmarks/bench_study.py --profile smoke       # about 5 min
+
+Runs ``run_all.py`` as a user does (a fresh run folder under a temporary directory, or ``--run-dir``),
+then records per-stage seconds (from the run's run_meta.json), total wall time, the peak resident
+memory of the largest process (the notebook kernels and run_all; Linux ``ru_maxrss`` of the
+children), and the machine's load average before and after, in ``results/study_<profile>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from record import RESULTS, machine, write_record
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="course")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--run-dir", default=None, help="run folder (default: a new temporary folder)")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/study_<profile>.json")
+    args = ap.parse_args(argv)
+    host = machine()
+    with tempfile.TemporaryDirectory(prefix=f"bench_study_{args.profile}_") as tmp:
+        run_dir = Path(args.run_dir or Path(tmp) / "run")
+        cmd = [sys.executable, str(ROOT / "run_all.py"), "--profile", args.profile, "--run-dir", str(run_dir),
+               "--figures-dir", str(Path(tmp) / "figures")]
+        for o in args.overrides:
+            cmd += ["--set", o]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT)
+        seconds = time.perf_counter() - start
+        meta = json.loads((run_dir / "run_meta.json").read_text())
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    record = {
+        "benchmark": f"whole study, profile {args.profile}", "command": " ".join(cmd[1:]),
+        "machine": host, "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "returncode": proc.returncode, "wall_s": round(seconds, 1), "wall_min": round(seconds / 60, 1),
+        "peak_rss_mib_largest_process": round(peak_kib / 1024, 1),
+        "stages": [{"stage": s["stage"], "notebook": s["notebook"], "status": s["status"],
+                    "seconds": s["seconds"]} for s in meta["stages"]],
+        "note": "per-stage seconds include kernel start-up (~2 s); on a shared machine compare with the load average",
+    }
+    write_record(args.out or RESULTS / f"study_{args.profile}.json", record)
+    for s in record["stages"]:
+        print(f"  {s['stage']} {s['notebook']:<28} {s['seconds'] / 60:6.1f} min")
+    print(f"  total {record['wall_min']} min, peak RSS {record['peak_rss_mib_largest_process']} MiB")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
