@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the study never downloads weights from a hub
 
 from polyplib.config import load_config, profiles  # noqa: E402
-from polyplib.errors import ConfigError  # noqa: E402
+from polyplib.errors import ConfigError, PolypError  # noqa: E402
 from polyplib.runs import PROJECT_ROOT, Run, atomic_write_json, device_info, git_state, package_versions  # noqa: E402
 from polyplib.report import write_report  # noqa: E402
 from polyplib.stages import STAGES, Stage  # noqa: E402
@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run = Run(cfg, args.run_dir)
+    try:
+        run = Run(cfg, args.run_dir)
+    except PolypError as exc:        # e.g. the run folder cannot be created
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     if args.list:
         for s in STAGES:
@@ -136,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"configuration in {run.dir}; run it first (e.g. --from {up})", file=sys.stderr)
                 return 2
 
-    run.save_config()
+    try:
+        run.save_config()
+    except PolypError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     meta = {
         "profile": cfg.profile, "overrides": args.overrides, "run_dir": str(run.dir),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -122,6 +122,33 @@ def _plain_loop(cfg, data, steps, bf16, channels_last, fused, ema_foreach, class
     return times
 
 
+def train_step_flops(cfg) -> int:
+    """FLOPs of one training step (forward + backward of the UNet on one batch), by torch's counter."""
+    from diffusers import UNet2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from polyplib.diffusion.model import unet_config
+
+    model = UNet2DModel(**unet_config(cfg.ddpm, cfg.data.resolution))
+    x = torch.randn(cfg.ddpm.batch_size, 4, cfg.data.resolution, cfg.data.resolution)
+    t = torch.randint(0, cfg.ddpm.num_train_timesteps, (cfg.ddpm.batch_size,))
+    with FlopCounterMode(display=False) as counter:
+        model(x, t).sample.float().pow(2).mean().backward()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
+    """This machine's dense matmul rate in GFLOP/s (best of ``repeats`` n x n products)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
 def polyplib_trainer(cfg, pairs: RandomPairs, steps: int, threads: int = 0) -> list[float]:
     """Step times of polyplib.diffusion.train.Trainer (accelerate, auto precision), from its loss log."""
     import pandas as pd
@@ -173,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     fast = {k: bs / float(np.percentile(v, 20)) for k, v in steps.items()}
     base, base_fast = median["plain fp32 (diffusers-style)"], fast["plain fp32 (diffusers-style)"]
     from polyplib.diffusion.train import resolve_mixed_precision
+    flops = train_step_flops(cfg)
+    peak = {"fp32": round(matmul_peak(torch.float32), 1), "bf16": round(matmul_peak(torch.bfloat16), 1)}
+    steps_per_s = {k: v / bs for k, v in median.items()}
+    achieved = {k: round(flops * v / 1e9, 2) for k, v in steps_per_s.items()}
+    trainer_precision = resolve_mixed_precision(cfg.ddpm.mixed_precision, torch.device("cpu"))
     result = {
         "benchmark": "ddpm_train",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -182,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                   "layers_per_block": cfg.ddpm.layers_per_block,
                   "attention_resolutions": cfg.ddpm.attention_resolutions, "timed_steps": args.steps,
                   "warmup_steps": WARMUP, "rounds": args.rounds,
-                  "trainer_precision": resolve_mixed_precision(cfg.ddpm.mixed_precision, torch.device("cpu")),
+                  "trainer_precision": trainer_precision,
                   "note": "shared CPU: other jobs ran at the same time; every step timed, interleaved rounds"},
         "images_per_s_median_step": {k: round(v, 2) for k, v in median.items()},
         "images_per_s_p20_step": {k: round(v, 2) for k, v in fast.items()},
@@ -191,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         "step_seconds": {k: [round(x, 4) for x in v] for k, v in steps.items()},
         "ratio_trainer_vs_plain": round(median["polyplib trainer"] / base, 2),
         "ratio_trainer_vs_plain_p20": round(fast["polyplib trainer"] / base_fast, 2),
+        "flops_per_train_step": flops,
+        "matmul_peak_gflops": peak,
+        "achieved_gflops_median_step": achieved,
+        "fraction_of_peak": {
+            "plain fp32 vs fp32 peak": round(achieved["plain fp32 (diffusers-style)"] / peak["fp32"], 3),
+            f"polyplib trainer ({trainer_precision}) vs {'bf16' if trainer_precision == 'bf16' else 'fp32'} peak":
+                round(achieved["polyplib trainer"] / peak["bf16" if trainer_precision == "bf16" else "fp32"], 3)},
     }
     write_record(args.out, result)
     print(f"polyplib trainer / plain fp32 loop: {result['ratio_trainer_vs_plain']:.2f}x (median step), "

@@ -8,6 +8,7 @@ So an interrupted run never leaves a partial artefact that a later run could tak
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -37,20 +38,43 @@ RECORDED_PACKAGES = (
 
 
 # ----------------------------------------------------------------------------- atomic writes
+class WriteError(StageError, OSError):
+    """A result could not be written (disk full, file too large, read-only folder, a file where a
+    folder should be). Names the file; whatever was there before is left as it was."""
+
+
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    hint = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file is larger than this system allows",
+            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied", errno.ENOTDIR: "a file is in the way of a folder",
+            errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno, exc.strerror or str(exc))
+    err = WriteError(f"{path}: cannot be written: {hint} ({exc.strerror or exc}). Nothing written before was "
+                     "changed; fix the cause and rerun to continue from the finished results")
+    err.errno = exc.errno
+    return err
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
+
+    A failed write (disk full, read-only folder, ...) raises :class:`WriteError` naming ``path``,
+    removes the temporary file and leaves the old ``path`` untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise _write_error(path, exc) from exc
         raise
     return path
 
@@ -197,7 +221,10 @@ class Run:
     def __init__(self, cfg: StudyConfig, run_dir: str | Path | None = None):
         self.cfg = cfg
         self.dir = Path(run_dir).resolve() if run_dir else default_run_dir(cfg.profile).resolve()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _write_error(self.dir, exc) from exc
         self.keys = stage_keys(cfg)
 
     def path(self, *parts: str) -> Path:
@@ -240,6 +267,11 @@ class Run:
             "provenance": provenance(self.cfg, stage),
         })
         return folder / f"{name}.csv"
+
+    def save_tables(self, tables: dict, *, stage: str) -> None:
+        """Every table of a stage, each as ``save_table`` writes it."""
+        for name, table in tables.items():
+            self.save_table(name, table, stage=stage)
 
     def load_table(self, name: str):
         """A table written by ``save_table`` (an empty table stays empty); StageError if it is missing."""

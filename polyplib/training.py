@@ -143,6 +143,19 @@ def usable_checkpoints(acc, root: Path, key: str, force: bool, name: str) -> lis
     return usable
 
 
+def load_checkpoint(acc, path: Path) -> None:
+    """``accelerator.load_state(path)``; a damaged checkpoint is a StageError that names it and says
+    what to do, never a half-restored run."""
+    from .errors import StageError
+
+    try:
+        acc.load_state(str(path))
+    except Exception as exc:  # noqa: BLE001 - any failure to restore is the checkpoint's fault
+        raise StageError(f"{path}: checkpoint cannot be loaded ({type(exc).__name__}: {str(exc)[:200]}). Delete "
+                         "this checkpoint-N folder to resume from the one before it, or rerun with --force "
+                         "(force=True) to train this model from the start") from exc
+
+
 def save_checkpoint(acc, root: Path, step: int, state: dict, cfg, ids: Sequence[str], limit: int) -> None:
     """``accelerator.save_state`` into ``root/checkpoint-<step>`` through a temporary folder, with
     provenance and ``trainer_state.json`` (``state`` plus the step); keeps the newest ``limit``."""

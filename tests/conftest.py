@@ -18,3 +18,14 @@ def tiny_run(tmp_path_factory):
                              "run.progress=false"], tmp_path_factory.mktemp("tiny-run"))
     prepare_data(run)
     return run
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Training on a shared 2-core machine: one torch thread is several times faster than two."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

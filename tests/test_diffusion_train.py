@@ -97,6 +97,26 @@ def test_resume_after_a_kill_ends_with_the_weights_of_an_uninterrupted_run(ddpm_
     assert log_a["loss"].tolist() == log_b["loss"].tolist()
 
 
+def test_a_damaged_checkpoint_is_a_clear_error_naming_it(ddpm_run, tmp_path):
+    from polyplib.data.prepared import load_dataset
+    from polyplib.diffusion.train import Trainer
+
+    cfg = ddpm_run.cfg.model_copy(deep=True)
+    cfg.ddpm.max_steps = 4
+    prepared = load_dataset(ddpm_run)
+    ids = prepared.ids("train")[:4]
+    folder = tmp_path / "model"
+    assert Trainer(cfg, prepared, ids, folder).run(stop_after=2).status == "stopped"
+    ckpt = folder / "checkpoints" / "checkpoint-2"
+    optimizer = ckpt / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])          # bit rot / a disk that lied
+    with pytest.raises(StageError) as err:
+        Trainer(cfg, prepared, ids, folder).run()
+    assert str(ckpt) in str(err.value) and "--force" in str(err.value)
+    assert ckpt.exists() and not (folder / "model_index.json").exists()   # nothing deleted, nothing "finished"
+    assert Trainer(cfg, prepared, ids, folder).run(force=True).status == "trained"
+
+
 def test_final_folder_reloads_as_a_pipeline_and_splits_image_and_mask(finished_model):
     from diffusers import DDPMPipeline
 

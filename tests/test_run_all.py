@@ -1,6 +1,7 @@
 """run_all.py end to end on the smoke profile, as a user runs it: executed notebooks, caching,
 selective reruns, early configuration errors and a failing notebook named with its cell."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,10 +15,19 @@ from polyplib.stages import STAGES, downstream, stage_keys
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_all(*args, cwd=ROOT):
+NETGUARD = ROOT / "tests" / "netguard"
+
+
+def run_all(*args, cwd=ROOT, netlog: Path | None = None):
+    """``python run_all.py ARGS``; with ``netlog``, under the network guard (tests/netguard), which
+    refuses every non-local connection in every process and records the attempts in ``netlog``."""
+    env = dict(os.environ)
+    if netlog is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(NETGUARD), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["POLYP_NETGUARD_LOG"] = str(netlog)
     t0 = time.time()
     proc = subprocess.run([sys.executable, str(ROOT / "run_all.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=1800, env=env)
     return proc, time.time() - t0
 
 
@@ -26,9 +36,22 @@ def smoke(tmp_path_factory):
     """One full smoke run of every notebook (the first run computes everything)."""
     base = tmp_path_factory.mktemp("e2e")
     args = ["--profile", "smoke", "--run-dir", str(base / "run"), "--figures-dir", str(base / "figures")]
-    proc, seconds = run_all(*args)
+    proc, seconds = run_all(*args, netlog=base / "network_attempts.log")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return base, args, proc, seconds
+
+
+def test_the_study_runs_offline_with_networking_disabled(smoke, tmp_path):
+    """The first run ran under the guard: no process tried to reach the network."""
+    base = smoke[0]
+    log = base / "network_attempts.log"
+    assert not log.exists() or log.read_text() == "", log.read_text()
+    # and the guard does refuse: the same environment cannot open a connection
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('pypi.org', 443), 3)"],
+                           env={**os.environ, "PYTHONPATH": str(NETGUARD), "POLYP_NETGUARD_LOG": str(tmp_path / "l")},
+                           capture_output=True, text=True)
+    assert probe.returncode != 0 and "disabled by the test guard" in probe.stderr
+    assert "pypi.org" in (tmp_path / "l").read_text()
 
 
 def test_first_run_executes_every_notebook(smoke):
@@ -150,3 +173,30 @@ def test_report_numbers_are_exactly_the_executed_notebooks_numbers(smoke):
                     checked += 1
                     intervals += "[" in cell
     assert checked > 50 and intervals > 10, (checked, intervals)
+
+
+def test_same_profile_and_seed_give_identical_segmentation_results(smoke, tmp_path):
+    """Determinism on one machine: segmentation models retrained from scratch (their folders deleted in
+    a copy of the run) reproduce every Dice and IoU exactly, and their transfer scores."""
+    import shutil
+
+    import pandas as pd
+
+    base = smoke[0]
+    copy = tmp_path / "run"
+    shutil.copytree(base / "run", copy, ignore=shutil.ignore_patterns("notebooks"))
+    first = pd.read_csv(base / "run" / "results" / "06_segmentation.csv")
+    retrain = [n for n in first["name"] if n.startswith(("real-none-nall", "mixed-styled-diff-nall", "synthetic-gan"))]
+    assert len(retrain) >= 3
+    for name in retrain:
+        shutil.rmtree(copy / "segmentation" / name)
+    proc, _ = run_all("--profile", "smoke", "--run-dir", str(copy), "--figures-dir", str(tmp_path / "f"), "--from", "06",
+                      "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert all((copy / "segmentation" / n / "train" / "log.csv").exists() for n in retrain)
+    columns = ["name", "dice", "iou", "best_epoch", "best_val_iou"]
+    again = pd.read_csv(copy / "results" / "06_segmentation.csv")
+    pd.testing.assert_frame_equal(first[columns], again[columns], check_exact=True)
+    per_image = ["target", "regime", "source", "n_real", "augmentation", "image_id", "dice", "iou"]
+    pd.testing.assert_frame_equal(pd.read_csv(base / "run" / "results" / "07_per_image.csv")[per_image],
+                                  pd.read_csv(copy / "results" / "07_per_image.csv")[per_image], check_exact=True)

@@ -20,13 +20,7 @@ TINY = ["data.phantom.n_source=60", "data.phantom.n_target=0", "data.split.n_tra
 LITE0 = "tu-efficientnet_lite0"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training on a shared 2-core machine: one torch thread is several times faster than two."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -16,13 +16,7 @@ from polyplib.segmentation.models import (build_model, lite0_timm_state_dict, lo
                                           save_model, wheel_weights_file)
 from polyplib.segmentation.study import Configuration, plan  # noqa: E402
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """On a shared 2-core machine one torch thread is several times faster than two."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMOKE_SEGMENTATION = [  # the values proposed for the smoke profile

@@ -22,7 +22,7 @@ from ..config import StudyConfig, data_root
 from ..errors import DataError
 from ..runs import Run, atomic_dir, atomic_write_json, provenance
 from . import splits as splitting
-from .imageio import write_png
+from .imageio import MASK_THRESHOLD, write_png
 from .loaders import Pair, detect_layout, find_pairs, load_pair
 from .preprocess import fit, pair_stats
 
@@ -204,6 +204,10 @@ def build(run: Run) -> dict:
     with atomic_dir(run.path("data")) as tmp:
         for source in sources:
             df, info = prepare_source(source, tmp / source.name, cfg)
+            if source.role == "train" and len(df) and df["empty"].all():
+                raise DataError(source.folder, f"every one of the {len(df)} masks is empty (no pixel above "
+                                f"{MASK_THRESHOLD}): the wrong mask folder, or masks stored as 0/1 labels "
+                                "instead of 0/255 (multiply them by 255)")
             if df.empty:
                 raise DataError(source.folder, "no usable pairs left after dropping empty masks")
             report["datasets"][source.name] = describe(df, info)

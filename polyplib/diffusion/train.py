@@ -73,9 +73,9 @@ import torch.nn.functional as F
 from ..config import StudyConfig
 from ..errors import StageError
 from ..runs import Run, atomic_dir, atomic_write_json, atomic_write_text
-from ..training import (checkpoints, config_key, cpu_has_bf16, fresh_accelerator, open_loss_log, partial_state,
-                        read_json, resolve_device, save_checkpoint, step_seed, torch_threads, usable_checkpoints,
-                        weights_digest, write_provenance)
+from ..training import (checkpoints, config_key, cpu_has_bf16, fresh_accelerator, load_checkpoint, open_loss_log,
+                        partial_state, read_json, resolve_device, save_checkpoint, step_seed, torch_threads,
+                        usable_checkpoints, weights_digest, write_provenance)
 from .dataset import PairDataset
 from .model import build_scheduler, build_unet
 
@@ -218,7 +218,7 @@ class Trainer:
                 shutil.rmtree(self.work / "samples", ignore_errors=True)
             return 0
         step, path = usable[-1]
-        acc.load_state(str(path))
+        load_checkpoint(acc, path)
         return step
 
     def _save_checkpoint(self, step: int, seconds: float) -> None:

@@ -208,8 +208,7 @@ def _compute_tables(run: Run, force: bool) -> dict[str, pd.DataFrame]:
     atomic_write_json(run.path("metrics", "gan_comparison.json"), {
         "settings": settings, "gan": asdict(result), "column_meaning": comparison.attrs["columns"]})
     tables = dict(zip(TABLES, (comparison, compute, training, synthetic, fid, msssim)))
-    for name, table in tables.items():
-        run.save_table(name, table, stage="05")
+    run.save_tables(tables, stage="05")
     return tables
 
 

@@ -56,8 +56,8 @@ import torch.nn.functional as F
 
 from ..config import StudyConfig
 from ..diffusion.dataset import PairDataset
-from ..training import (config_key, describe_device, fresh_accelerator, open_loss_log, partial_state, read_json,
-                        resolve_device, save_checkpoint, step_seed, torch_threads, usable_checkpoints,
+from ..training import (config_key, describe_device, fresh_accelerator, load_checkpoint, open_loss_log, partial_state,
+                        read_json, resolve_device, save_checkpoint, step_seed, torch_threads, usable_checkpoints,
                         weights_digest, write_provenance)
 from ..errors import StageError
 from ..runs import Run, atomic_dir, atomic_write_json
@@ -205,7 +205,7 @@ class GanTrainer:
         if not usable:
             return 0, 0.0, 0
         step, path = usable[-1]
-        self.accelerator.load_state(str(path))
+        load_checkpoint(self.accelerator, path)
         state = read_json(path / "trainer_state.json") or {}
         return step, float(state.get("seconds", 0.0)), int(state.get("sessions", 1))
 

@@ -282,8 +282,7 @@ def _compute(run: Run) -> dict[str, pd.DataFrame]:
                      "rule": "largest odd win_size <= 11 with (win-1)*16 < min side and win <= min side/16"},
         "msssim": msssim.to_dict("records")})
     tables = dict(zip(TABLES, (fid, steps, msssim, kit)))
-    for name, table in tables.items():
-        run.save_table(name, table, stage="04")
+    run.save_tables(tables, stage="04")
     return tables
 
 

@@ -150,8 +150,7 @@ def run_transfer(run: Run, force: bool = False) -> dict[str, pd.DataFrame]:
         per_image = score_on_targets(run, force)
         summary, paired, wide = transfer_tables(per_image, run.cfg)
         tables = dict(zip(TABLES, (targets, per_image, summary, paired, wide)))
-        for name, table in tables.items():
-            run.save_table(name, table, stage=STAGE)
+        run.save_tables(tables, stage=STAGE)
         return tables
 
     return run.cached(STAGE, compute, lambda: load_tables(run), force)

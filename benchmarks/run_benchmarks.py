@@ -1,0 +1,98 @@
+"""Run every benchmark and write one record: ``results/summary.json`` and ``results/SUMMARY.md``.
+
+    python benchmarks/run_benchmarks.py                 # all quick ones (about 15 min on 2 cores)
+    python benchmarks/run_benchmarks.py --with-study    # also the whole smoke and course studies (+50 min)
+    python benchmarks/run_benchmarks.py --only ddpm_train metrics
+
+Each benchmark is its own script (run on its own too) and writes ``results/<name>.json``; this runner
+runs them one after another (never in parallel: they time the same CPU), then gathers the headline
+numbers (each a ratio or a rate measured within one run, with the machine and load beside it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from record import RESULTS, machine, write_record
+
+HERE = Path(__file__).resolve().parent
+QUICK = ["phantom", "ddpm_train", "sampling", "metrics", "segmentation"]
+STUDY = ["study_smoke", "study_course"]
+
+
+def _command(name: str) -> list[str]:
+    if name.startswith("study_"):
+        return [sys.executable, str(HERE / "bench_study.py"), "--profile", name.split("_", 1)[1]]
+    return [sys.executable, str(HERE / f"bench_{name}.py")]
+
+
+def headline(name: str, rec: dict) -> list[str]:
+    """The numbers a reader wants from one record, as Markdown bullet text."""
+    if name == "phantom":
+        return [f"phantom: {r['domain']} {r['n']} frames in {r['seconds']} s ({r['frames_per_s']} frames/s)"
+                for r in rec.get("results", [])]
+    if name == "ddpm_train":
+        out = [f"DDPM trainer vs plain diffusers-style fp32 loop: {rec['ratio_trainer_vs_plain']}x (median step), "
+               f"{rec['ratio_trainer_vs_plain_p20']}x (20th percentile); goal 2x"]
+        for k, v in rec.get("speedup_vs_plain_median", {}).items():
+            out.append(f"  {k}: {v}x")
+        if "matmul_peak_gflops" in rec:
+            out.append(f"matmul peak {rec['matmul_peak_gflops']} GFLOP/s; {rec['flops_per_train_step'] / 1e9:.1f} "
+                       f"GFLOP per step; fraction of peak {rec['fraction_of_peak']}")
+        return out
+    if name == "sampling":
+        return [f"sampling {r['method']}: {r['seconds_per_pair']} s and {r['nfe_per_pair']} UNet evaluations per pair"
+                for r in rec.get("results", [])]
+    if name == "metrics":
+        return [f"{r['case']}: " + ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("case", "images_per_s_per_batch"))
+                for r in rec.get("results", [])]
+    if name == "segmentation":
+        r = rec.get("results", {})
+        return [f"segmentation training images/s {r.get('images_per_s')}; ratio vs plain smp loop "
+                f"{r.get('ratio_polyplib_none_to_plain')} (no augmentation), {r.get('ratio_polyplib_control_to_plain')} (Control)"]
+    if name.startswith("study_"):
+        return [f"{rec['benchmark']}: {rec['wall_min']} min, peak RSS {rec['peak_rss_mib_largest_process']} MiB; "
+                + ", ".join(f"{s['stage']} {s['seconds'] / 60:.1f} min" for s in rec.get("stages", []))]
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", default=None, help=f"names among {QUICK + STUDY}")
+    ap.add_argument("--with-study", action="store_true", help="also time the whole smoke and course studies")
+    ap.add_argument("--collect-only", action="store_true", help="rerun nothing; summarise the records there are")
+    args = ap.parse_args(argv)
+    names = args.only or (QUICK + (STUDY if args.with_study else []))
+    ran = {}
+    for name in [] if args.collect_only else names:
+        print(f"== {name}: {' '.join(_command(name)[1:])}", flush=True)
+        t0 = time.time()
+        ran[name] = {"returncode": subprocess.call(_command(name)), "seconds": round(time.time() - t0, 1)}
+    records = {}
+    for name in QUICK + STUDY:
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            records[name] = json.loads(path.read_text())
+    summary = {"benchmark": "summary", "machine": machine(), "ran_now": ran,
+               "headlines": {name: headline(name, rec) for name, rec in records.items()},
+               "records": {name: str((RESULTS / f"{name}.json").relative_to(HERE.parent)) for name in records}}
+    write_record(RESULTS / "summary.json", summary)
+    lines = ["# Benchmark record", "", f"Machine: {summary['machine'].get('processor')} x {summary['machine'].get('cpu_count')} "
+             f"cores, load average at start {summary['machine'].get('load_average_at_start')}, "
+             f"torch {summary['machine']['versions'].get('torch')}; written {summary['machine']['date']}.", "",
+             "Each line comes from the record named in its heading (`benchmarks/results/<name>.json`), with the date and "
+             "machine it was measured on; ratios are measured within one run.", ""]
+    for name, items in summary["headlines"].items():
+        lines += [f"## {name} ({records[name].get('date') or records[name].get('machine', {}).get('date', '?')})", ""]
+        lines += [f"- {x}" for x in items] + [""]
+    (RESULTS / "SUMMARY.md").write_text("\n".join(lines))
+    print(f"wrote {RESULTS / 'SUMMARY.md'}")
+    return 0 if all(r["returncode"] == 0 for r in ran.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
