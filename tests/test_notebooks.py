@@ -26,6 +26,9 @@ def test_notebook_is_clean_and_follows_the_conventions(path):
             assert c.get("outputs") == [] and c.get("execution_count") is None, f"{path.name} has outputs"
     assert cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith("# ")
     assert "What this notebook answers" in "".join(cells[0]["source"])
+    assert "Learning objectives" in "".join(cells[0]["source"])          # the course layer: objectives first,
+    exercises = "".join(cells[-1]["source"])                               # exercises last (two or more)
+    assert exercises.startswith("## Exercises") and "\n2. " in exercises
     param = cells[1]
     assert "parameters" in param["metadata"].get("tags", []), "second cell must be the parameters cell"
     tree = ast.parse("".join(param["source"]))

@@ -109,7 +109,7 @@ def transfer_plot(summary: pd.DataFrame, title: str = "Test IoU in-domain and on
                     label=name, linestyle="-" if rows.loc["in-domain", "regime"] != "real" else "--")
     ax.set_xticks(np.arange(len(domains)), domains)
     ax.set_ylabel("IoU")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, min(1.0, float(df["iou_hi"].max()) * 1.15 + 0.02))
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()

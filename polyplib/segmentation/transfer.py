@@ -98,7 +98,7 @@ def score_on_targets(run: Run, force: bool = False) -> pd.DataFrame:
                 if not force and cache.exists() and meta.exists() and meta.read_text() == key:
                     scores = pd.read_csv(cache, dtype={"image_id": str})
                 else:
-                    model = model or load_model(folder / "train" / "model")
+                    model = model if model is not None else load_model(folder / "train" / "model")
                     scores = evaluate_model(model, pool, mean, std, device, s.batch_size)
                     atomic_write_text(cache, scores.to_csv(index=False))
                     atomic_write_text(meta, key)
