@@ -25,6 +25,22 @@ from record import RESULTS, machine, write_record
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def key_results(run_dir: Path) -> dict:
+    """The run's headline numbers (FID per set, test IoU/Dice per segmentation configuration), so the
+    record says what the timed run produced, not only how long it took."""
+    import pandas as pd
+
+    out = {}
+    fid, seg = run_dir / "results" / "04_fid.csv", run_dir / "results" / "06_segmentation.csv"
+    if fid.exists():
+        df = pd.read_csv(fid)
+        out["fid"] = {m: round(float(v), 2) for m, v in zip(df["method"], df["fid_mean"]) if pd.notna(v)}
+    if seg.exists():
+        df = pd.read_csv(seg)
+        out["segmentation_test_iou"] = {n: round(float(v), 4) for n, v in zip(df["name"], df["iou"])}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="course")
@@ -43,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.run(cmd, cwd=ROOT)
         seconds = time.perf_counter() - start
         meta = json.loads((run_dir / "run_meta.json").read_text())
+        results = key_results(run_dir)
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     record = {
         "benchmark": f"whole study, profile {args.profile}", "command": " ".join(cmd[1:]),
@@ -51,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mib_largest_process": round(peak_kib / 1024, 1),
         "stages": [{"stage": s["stage"], "notebook": s["notebook"], "status": s["status"],
                     "seconds": s["seconds"]} for s in meta["stages"]],
+        "key_results": results,
         "note": "per-stage seconds include kernel start-up (~2 s); on a shared machine compare with the load average",
     }
     write_record(args.out or RESULTS / f"study_{args.profile}.json", record)

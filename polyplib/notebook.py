@@ -1,7 +1,6 @@
 """The opening cell every notebook shares: resolve the run, seed, and say what will run."""
 from __future__ import annotations
 
-import os
 import random
 
 from .runs import Run, open_run, package_versions
@@ -24,7 +23,6 @@ def seed_everything(seed: int) -> None:
 def setup(profile: str = "smoke", overrides: list[str] | tuple[str, ...] = (), run_dir: str = "",
           stage: str | None = None) -> Run:
     """Open the run folder for this profile and print the configuration the stage depends on."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run = open_run(profile, overrides, run_dir or None)
     seed_everything(0)
     versions = package_versions()

@@ -11,7 +11,8 @@ def test_shipped_profiles_load_and_differ():
     smoke, course, paper = (load_config(p) for p in ("smoke", "course", "paper"))
     assert smoke.data.source == course.data.source == "phantom"
     assert paper.data.source == "real" and paper.data.resolution == 256 and paper.data.split.kind == "paper"
-    assert smoke.data.resolution < course.data.resolution <= paper.data.resolution
+    assert smoke.data.resolution <= course.data.resolution < paper.data.resolution
+    assert smoke.data.split.n_train < course.data.split.n_train and smoke.ddpm.max_steps < course.ddpm.max_steps
     assert smoke.profile == "smoke"
 
 

@@ -449,7 +449,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this step, as if killed")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..runs import open_run
 
     if args.model == "all" and args.stop_after is not None:

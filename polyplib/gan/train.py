@@ -494,7 +494,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", action="store_true", help="then write synthetic/gan (main process)")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..runs import open_run
 
     run = open_run(args.profile, args.overrides, args.run_dir)
