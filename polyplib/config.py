@@ -97,9 +97,24 @@ class DDPMSection(Section):
 
     block_out_channels: list[int] = Field(default_factory=lambda: [256, 256, 512, 512, 1024, 1024],
                                           description="UNet channels per resolution level (paper: 256 base)")
-    layers_per_block: int = Field(2, ge=1)
+    layers_per_block: int = Field(2, ge=1, description="res blocks per level (guided-diffusion num_res_blocks)")
     attention_resolutions: list[int] = Field(default_factory=lambda: [16, 8],
-                                             description="feature-map sizes with self-attention")
+                                             description="feature-map sizes with self-attention (the authors: "
+                                             "\"16, 8\"; the middle block always has attention)")
+    num_head_channels: int = Field(64, ge=1, description="channels per attention head (guided-diffusion "
+                                   "num_head_channels; must divide the width of every attention level)")
+    scale_shift_norm: bool = Field(True, description="timestep embedding as scale and shift of the second "
+                                   "GroupNorm (guided-diffusion use_scale_shift_norm)")
+    resblock_updown: bool = Field(True, description="down/up-sample with res blocks instead of strided/"
+                                  "nearest convolutions (guided-diffusion resblock_updown)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    variance: Literal["learned_range", "fixed_small"] = Field(
+        "learned_range", description="learned_range: the UNet also predicts the variance interpolation v (8 "
+        "output channels) and trains on MSE + L_vlb, as the authors' learn_sigma=True; fixed_small: noise only, "
+        "posterior variance (Ho et al.)")
+    pretrained: str | None = Field(None, description="folder of already-converted models (cluster-NN/ and "
+                                   "full/, e.g. from python -m polyplib.diffusion.convert): stage 02 uses "
+                                   "them and trains nothing")
     num_train_timesteps: int = Field(1000, ge=10)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     learning_rate: float = Field(1e-4, gt=0)
@@ -132,7 +147,11 @@ class SamplingSection(Section):
     model: Literal["cluster", "full"] = Field("cluster", description="which DDPM redraws a source image")
     samples_per_image: int = Field(3, ge=1)
     steps: int = Field(200, ge=2, description="RePaint: respaced steps (paper: 200)")
-    skip_steps: int = Field(80, ge=0, description="RePaint: start after skipping this many steps (paper: 80)")
+    start: Literal["noise", "sdedit"] = Field(
+        "noise", description="RePaint start: noise = pure noise at the top of the jump schedule (the authors' "
+        "code); sdedit = the real pair forward-noised to step steps-1-skip_steps (an ablation; fewer UNet calls)")
+    skip_steps: int = Field(80, ge=0, description="steps skipped before the start with start=sdedit (the draft's "
+                            "80; the authors' inpainting path ignores it)")
     jump_length: int = Field(10, ge=1)
     jump_n_sample: int = Field(5, ge=1)
     dilation_px: int = Field(20, ge=0, description="mask dilation at 256 px; scaled with the resolution")

@@ -1,15 +1,18 @@
-"""The 4-channel (RGB + mask) DDPM: a diffusers UNet2DModel and DDPMScheduler built from the config.
+"""The 4-channel (RGB + mask) DDPM: the authors' guided-diffusion UNet, built from diffusers blocks.
 
-Differences from the paper's guided-diffusion model, stated so nobody mistakes one for the other:
-the UNet predicts the noise only (fixed "small" variance instead of a learned sigma), and sizes come
-from ``ddpm.*`` (the paper: 256 base channels, 2 res blocks, attention at 16 and 8, T=1000, linear
-betas). For T != 1000 the linear betas are rescaled by 1000/T as guided-diffusion does, so the
-forward process still ends in pure noise.
+With the paper defaults of ``ddpm.*`` (draft Table A.1; ``polyplib/paper.py``) the UNet2DModel built
+here is the same network as guided-diffusion's ``UNetModel`` with the authors' flags: scale-shift
+GroupNorm (``use_scale_shift_norm``), down/up-sampling by res blocks (``resblock_updown``), 64
+channels per attention head (``num_head_channels``), attention at the configured feature sizes and
+in the middle block, dropout 0, 4 input channels and, with learned sigma, 8 output channels
+(epsilon, then the variance interpolation v). ``tests/test_guided_diffusion.py`` converts a
+guided-diffusion model's weights and checks the outputs agree, so the authors' released checkpoints
+load too (``python -m polyplib.diffusion.convert``).
 
-``sample_pairs`` draws unconditional samples and splits them back into an RGB image and a mask.
-DDPMPipeline itself maps the output to [0, 1] and, for ``output_type="pil"``, would make RGBA
-pictures of the 4 channels; with ``output_type="np"`` it returns N x H x W x 4 floats, which are
-split here: RGB -> uint8, mask channel -> bool at 0.5 (i.e. 0 in the model's [-1, 1] range).
+The noise schedule is kept in a diffusers ``DDPMScheduler`` config (saved in every model folder, so
+``DDPMPipeline.from_pretrained`` reloads and samples it anywhere); the chain arithmetic of training
+and sampling is ``gaussian.py``. For T != 1000 the linear betas are rescaled by 1000/T as
+guided-diffusion does, so the forward process still ends in pure noise.
 """
 from __future__ import annotations
 
@@ -24,20 +27,42 @@ from ..errors import ConfigError, StageError
 IN_CHANNELS = 4  # RGB + mask
 
 
+def out_channels(variance: str) -> int:
+    """8 with learned sigma (epsilon + v for every channel), else 4."""
+    return 2 * IN_CHANNELS if variance == "learned_range" else IN_CHANNELS
+
+
 def unet_config(ddpm, resolution: int) -> dict:
-    """UNet2DModel keyword arguments: one level per ``block_out_channels``, attention by feature size."""
+    """UNet2DModel keyword arguments equal to guided-diffusion's UNetModel with the ``ddpm.*`` flags.
+
+    One level per ``block_out_channels`` (guided-diffusion: ``num_channels * channel_mult``);
+    attention where the feature map is one of ``attention_resolutions`` pixels wide.
+    """
     channels = list(ddpm.block_out_channels)
     levels = len(channels)
     if resolution % (2 ** (levels - 1)):
         raise ConfigError(f"data.resolution={resolution} must be divisible by 2**(levels-1)={2 ** (levels - 1)} "
                           f"for ddpm.block_out_channels with {levels} levels")
     attn = [resolution // 2 ** i in set(ddpm.attention_resolutions) for i in range(levels)]
+    heads = ddpm.num_head_channels
+    widths = [c for c, a in zip(channels, attn) if a] + [channels[-1]]   # + the middle block
+    bad = [c for c in widths if c % heads]
+    if bad:
+        raise ConfigError(f"ddpm.num_head_channels={heads} must divide the width of every attention level "
+                          f"(and of the middle block): {sorted(set(bad))} in ddpm.block_out_channels={channels}")
+    plain_down, plain_up = ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if ddpm.resblock_updown \
+        else ("DownBlock2D", "UpBlock2D")
+    groups = math.gcd(32, *channels)   # guided-diffusion: GroupNorm(32); narrower test models need fewer
     return dict(
-        sample_size=resolution, in_channels=IN_CHANNELS, out_channels=IN_CHANNELS,
+        sample_size=resolution, in_channels=IN_CHANNELS, out_channels=out_channels(ddpm.variance),
         layers_per_block=ddpm.layers_per_block, block_out_channels=tuple(channels),
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        norm_num_groups=math.gcd(32, *channels),
+        down_block_types=tuple("AttnDownBlock2D" if a else plain_down for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else plain_up for a in reversed(attn)),
+        downsample_type="resnet" if ddpm.resblock_updown else "conv",
+        upsample_type="resnet" if ddpm.resblock_updown else "conv",
+        resnet_time_scale_shift="scale_shift" if ddpm.scale_shift_norm else "default",
+        attention_head_dim=heads, norm_num_groups=groups, attn_norm_num_groups=groups,
+        dropout=ddpm.dropout, flip_sin_to_cos=True, freq_shift=0,
     )
 
 
@@ -50,15 +75,24 @@ def build_unet(ddpm, resolution: int, seed: int | None = None):
     return UNet2DModel(**unet_config(ddpm, resolution))
 
 
+def scheduler_kwargs(num_train_timesteps: int, beta_schedule: str, variance: str) -> dict:
+    """DDPMScheduler arguments: epsilon prediction, clipped x0, linear betas rescaled by 1000/T.
+
+    ``timestep_spacing="linspace"`` respaces the chain as guided-diffusion's ``space_timesteps``
+    does (0 ... T-1, rounded), so a diffusers DDPMPipeline samples the same chain.
+    """
+    t = num_train_timesteps
+    scale = 1000.0 / t if beta_schedule == "linear" else 1.0
+    return dict(num_train_timesteps=t, beta_schedule=beta_schedule, beta_start=1e-4 * scale,
+                beta_end=min(0.02 * scale, 0.999), variance_type=variance, clip_sample=True,
+                prediction_type="epsilon", timestep_spacing="linspace")
+
+
 def build_scheduler(ddpm):
-    """DDPMScheduler: epsilon prediction, fixed small variance, clipped x0; linear betas rescaled by 1000/T."""
+    """The DDPMScheduler saved beside the UNet (its config is the noise schedule of the model)."""
     from diffusers import DDPMScheduler
 
-    t = ddpm.num_train_timesteps
-    scale = 1000.0 / t if ddpm.beta_schedule == "linear" else 1.0
-    return DDPMScheduler(num_train_timesteps=t, beta_schedule=ddpm.beta_schedule,
-                         beta_start=1e-4 * scale, beta_end=min(0.02 * scale, 0.999),
-                         variance_type="fixed_small", clip_sample=True, prediction_type="epsilon")
+    return DDPMScheduler(**scheduler_kwargs(ddpm.num_train_timesteps, ddpm.beta_schedule, ddpm.variance))
 
 
 def load_pipeline(folder: str | Path, device: str | torch.device = "cpu"):
