@@ -1,9 +1,10 @@
 """Cost of a synthetic labelled pair: seconds and UNet evaluations per pair, per sampler.
 
 One run, one small random 4-channel UNet at 64 px (the cost of a step does not depend on the
-weights): unconditional DDPM / DDIM / DPM-Solver++ at several step counts, and RePaint with the
-paper's settings (200 respaced steps, skip 80, jump length 10, jump n-sample 5) and with the
-smoke profile's. Seconds are per generated pair (batch time / batch size); how many of them pass
+weights; the authors' guided-diffusion layout with learned sigma, as the study trains it):
+unconditional DDPM / DDIM / DPM-Solver++ at several step counts, and RePaint with the authors'
+settings (200 respaced steps from pure noise, jump length 10, jump n-sample 5: 960 calls), the
+SDEdit-style ablation (start after skipping 80: 600 calls) and the smoke profile's. Seconds are per generated pair (batch time / batch size); how many of them pass
 the mask post-processing depends on a trained model, not on the sampler's cost. Usage:
     python benchmarks/bench_sampling.py [--batch 4] [--threads 1] [--out benchmarks/results/sampling.json]
 """
@@ -27,19 +28,19 @@ from record import machine, write_record  # noqa: E402
 RESOLUTION = 64
 UNCONDITIONAL = [("ddpm", 1000), ("ddpm", 100), ("ddpm", 25), ("ddim", 100), ("ddim", 25),
                  ("dpm++", 25), ("dpm++", 10)]
-REPAINT = {"paper": dict(steps=200, skip_steps=80, jump_length=10, jump_n_sample=5),
-           "smoke": dict(steps=20, skip_steps=8, jump_length=5, jump_n_sample=2)}
+REPAINT = {"paper": dict(steps=200, start="noise", jump_length=10, jump_n_sample=5),
+           "paper-sdedit-80": dict(steps=200, start="sdedit", skip_steps=80, jump_length=10, jump_n_sample=5),
+           "smoke": dict(steps=20, start="noise", jump_length=5, jump_n_sample=2)}
+MODEL = ["ddpm.block_out_channels=[32,64,64]", "ddpm.layers_per_block=1", "ddpm.attention_resolutions=[16]"]
 
 
-def small_unet():
-    from diffusers import UNet2DModel
+def small_model():
+    """(UNet, scheduler config): the study's model builder at a small width (learned sigma, T = 1000)."""
+    from polyplib.config import load_config
+    from polyplib.diffusion.model import build_scheduler, build_unet
 
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=RESOLUTION, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64),
-                       layers_per_block=1, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
-                       norm_num_groups=8).eval()
-
-
+    ddpm = load_config("course", MODEL).ddpm
+    return build_unet(ddpm, RESOLUTION, seed=0).eval(), dict(build_scheduler(ddpm).config)
 
 
 def source_batch(batch: int):
@@ -65,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sampling.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from diffusers import DDPMScheduler
-
-    unet, config = small_unet(), dict(DDPMScheduler(1000).config)
+    unet, config = small_model()
     seeds = list(range(args.batch))
     results = []
     for sampler, steps in UNCONDITIONAL:
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "sampling.cost_per_pair",
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "resolution": RESOLUTION, "batch": args.batch,
-              "unet": {"block_out_channels": [32, 64, 64], "layers_per_block": 1,
+              "unet": {"overrides": MODEL, "out_channels": unet.config.out_channels,
                        "parameters": sum(p.numel() for p in unet.parameters())},
               "note": "random weights: cost only; seconds are per generated pair (batch time / batch size)",
               "results": results}

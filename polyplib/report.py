@@ -22,7 +22,7 @@ import pandas as pd
 from .runs import Run, atomic_write_text
 
 #: The paper's settings that the differences section compares this run with (STUDY.md).
-PAPER = {"resolution": 256, "train_images": 348, "test_images": 200, "clusters": 20, "ddpm_steps": 140_000,
+PAPER = {"resolution": 256, "train_images": 348, "test_images": 200, "clusters": 20,
          "seg_epochs": 150, "seg_model": "unetplusplus / se_resnext50_32x4d", "fid_sets": 3,
          "samples_per_image": 3}
 
@@ -102,14 +102,7 @@ def differences(run: Run) -> list[str]:
     if cfg.clustering.k != PAPER["clusters"] or cfg.clustering.features != "inception":
         out.append(f"**Clusters:** K = {cfg.clustering.k} from {cfg.clustering.features} features "
                    f"(paper: K = {PAPER['clusters']} from Inception features).")
-    d = cfg.ddpm
-    out.append(f"**DDPM training:** {d.max_steps:,} steps of batch {d.batch_size} per model, UNet widths "
-               f"{d.block_out_channels}, T = {d.num_train_timesteps} (the paper trained for about "
-               f"{PAPER['ddpm_steps']:,} steps at widths 128-512).")
-    sm = cfg.sampling
-    out.append(f"**RePaint:** {sm.steps} respaced steps, {sm.skip_steps} skipped, jump length {sm.jump_length}, "
-               f"{sm.jump_n_sample} resamplings, {sm.samples_per_image} sample(s) per image (paper: 200 / 80 / 10 / 5, "
-               f"{PAPER['samples_per_image']}).")
+    out.extend(_model_and_sampling_differences(run))
     m = cfg.metrics
     if m.fid_sets != PAPER["fid_sets"]:
         out.append(f"**FID:** {m.fid_sets} sample set(s) per method (paper: {PAPER['fid_sets']}); with one set "
@@ -126,6 +119,40 @@ def differences(run: Run) -> list[str]:
                "the paper used GPUs, so measured seconds compare methods within this run, not with the paper.")
     out.append("**Paper numbers:** taken from the study's draft (STUDY.md); where the published version differs "
                "the reference columns may be off by its corrections.")
+    return out
+
+
+def _setting_list(found) -> str:
+    return "; ".join(f"`{key}` = {value} (paper: {ref})" for key, value, ref, _ in found)
+
+
+def _model_and_sampling_differences(run: Run) -> list[str]:
+    """The DDPM (Table A.1) and RePaint (Table A.2) settings, each compared with ``paper.py``."""
+    from . import paper
+    from .sampling.repaint import count_calls, repaint_schedule
+
+    cfg, out = run.cfg, []
+    d, sm = cfg.ddpm, cfg.sampling
+    if d.pretrained:
+        out.append(f"**DDPMs:** converted checkpoints from `{d.pretrained}` (`ddpm.pretrained`), not trained in this "
+                   "run; the DDPM settings below describe the configuration, not how those models were trained.")
+    training_keys = ("ddpm.max_steps", "ddpm.batch_size", "ddpm.learning_rate", "ddpm.mixed_precision")
+    model = {k: f for k, f in paper.DDPM.items() if k.startswith("ddpm.") and k not in training_keys}
+    found = paper.differences(cfg, model)
+    out.append("**DDPM model:** " + ("the authors' guided-diffusion UNet and variance, equal to Table A.1 "
+                                     f"({len(model)} settings)." if not found else
+                                     f"differs from Table A.1 in {len(found)} of {len(model)} settings: "
+                                     f"{_setting_list(found)}."))
+    found = paper.differences(cfg, {k: paper.DDPM[k] for k in training_keys})
+    out.append("**DDPM training:** " + ("equal to Table A.1 (110k steps of batch 1, lr 1e-4, fp16)." if not found
+                                        else _setting_list(found) + "."))
+    calls, renoise = count_calls(repaint_schedule(sm.steps, sm.jump_length, sm.jump_n_sample, sm.start, sm.skip_steps))
+    found = paper.differences(cfg, {k: f for k, f in paper.SAMPLING.items()
+                                    if not (k == "sampling.skip_steps" and sm.start == "noise")})
+    out.append(f"**RePaint:** starts from {'pure noise' if sm.start == 'noise' else 'the forward-noised real pair'}, "
+               f"{calls} UNet calls and {renoise} re-noising steps per pair (the authors: "
+               f"{paper.REPAINT_CALLS_PER_PAIR.value} and {paper.REPAINT_RENOISE_STEPS_PER_PAIR.value}); "
+               + ("every setting equal to Table A.2." if not found else _setting_list(found) + "."))
     return out
 
 

@@ -124,8 +124,10 @@ def test_final_folder_reloads_as_a_pipeline_and_splits_image_and_mask(finished_m
 
     cfg, ids, folder = finished_model
     pipe = DDPMPipeline.from_pretrained(str(folder))
-    assert pipe.unet.config.in_channels == 4 and pipe.unet.config.out_channels == 4
-    # DDPMPipeline itself returns all 4 channels in [0, 1] for output_type="np"; we split them
+    # learned sigma (the smoke default, as the paper's): epsilon + v, and a learned_range scheduler
+    assert pipe.unet.config.in_channels == 4 and pipe.unet.config.out_channels == 8
+    assert pipe.scheduler.config.variance_type == "learned_range"
+    # DDPMPipeline itself samples it and returns all 4 channels in [0, 1] for output_type="np"; we split them
     raw = pipe(batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np")
     assert raw.images.shape == (1, 32, 32, 4)
     images, masks = sample_pairs(pipe, 3, seed=5, steps=4)

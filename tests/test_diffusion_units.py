@@ -70,14 +70,22 @@ def test_unet_layout_follows_config():
 
     cfg = load_config("smoke", ["ddpm.block_out_channels=[32,64,64]", "ddpm.layers_per_block=1",
                                 "ddpm.attention_resolutions=[16]", "ddpm.num_train_timesteps=250"])
-    kw = unet_config(cfg.ddpm, 64)
-    assert kw["down_block_types"] == ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D")
-    assert kw["up_block_types"] == ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    kw = unet_config(cfg.ddpm, 64)     # the authors' flags: res-block up/down-sampling, scale-shift norm
+    assert kw["down_block_types"] == ("ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D", "AttnDownBlock2D")
+    assert kw["up_block_types"] == ("AttnUpBlock2D", "ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D")
+    assert kw["resnet_time_scale_shift"] == "scale_shift" and kw["attention_head_dim"] == 16
     unet = build_unet(cfg.ddpm, 64, seed=0)
-    assert unet.config.in_channels == 4 and unet.config.out_channels == 4
+    assert unet.config.in_channels == 4 and unet.config.out_channels == 8     # epsilon + v: learned sigma
     assert torch.equal(next(build_unet(cfg.ddpm, 64, seed=0).parameters()), next(unet.parameters()))
     out = unet(torch.zeros(1, 4, 64, 64), 3).sample
-    assert out.shape == (1, 4, 64, 64)
+    assert out.shape == (1, 8, 64, 64)
+    plain = load_config("smoke", ["ddpm.resblock_updown=false", "ddpm.scale_shift_norm=false",
+                                  "ddpm.variance=fixed_small"]).ddpm
+    kw = unet_config(plain, 64)
+    assert kw["down_block_types"][0] == "DownBlock2D" and kw["downsample_type"] == "conv"
+    assert kw["resnet_time_scale_shift"] == "default" and kw["out_channels"] == 4
+    with pytest.raises(ConfigError, match="num_head_channels"):
+        unet_config(load_config("smoke", ["ddpm.num_head_channels=64"]).ddpm, 64)   # 32-wide attention level
     sched = build_scheduler(cfg.ddpm)  # linear betas rescaled by 1000/T: the chain still ends in noise
     assert sched.config.num_train_timesteps == 250
     assert float(sched.alphas_cumprod[-1]) < 1e-3

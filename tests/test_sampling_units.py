@@ -157,26 +157,57 @@ def test_unconditional_samplers_shapes_and_unet_evaluations(sampler):
     assert np.array_equal(again[0][0], sample_unconditional(unet, scheduler_config(), sampler, 3, [2])[0][0])
 
 
-def test_repaint_cost_and_known_region():
+def test_repaint_schedule_is_the_authors():
+    """(200, 10, 5) from pure noise: 960 denoising calls and 760 re-noising steps, as Lugmayr et al.'s
+    schedule (checked against diffusers' RePaintScheduler, an independent implementation)."""
+    from diffusers import RePaintScheduler
+
+    from polyplib.sampling.repaint import count_calls, count_evaluations, jump_schedule, repaint_schedule
+
+    times = jump_schedule(200, 10, 5)
+    assert count_calls(times) == (960, 760) and times[0] == 199 and times[-1] == -1
+    assert count_evaluations(200, 10, 5) == 960
+    assert count_evaluations(200, 10, 5, 80, start="sdedit") == 600     # the SDEdit-style ablation
+    reference = RePaintScheduler(1000)
+    for steps, jl, jn in ((200, 10, 5), (25, 5, 2), (12, 3, 2)):
+        reference.set_timesteps(steps, jl, jn)
+        stride = 1000 // steps
+        assert jump_schedule(steps, jl, jn)[:-1] == [int(t) // stride for t in reference.timesteps]
+    assert repaint_schedule(20, 5, 2, "sdedit", 10)[0] == 9
+    with pytest.raises(StageError, match="sampling.start"):
+        repaint_schedule(20, 5, 2, "middle")
+
+
+@pytest.mark.parametrize("variance,start", [("fixed_small", "sdedit"), ("learned_range", "noise")])
+def test_repaint_cost_and_known_region(variance, start):
+    from diffusers import UNet2DModel
+
     from polyplib.sampling.repaint import count_evaluations, repaint
 
-    assert count_evaluations(200, 10, 5, 0) == 960     # the paper's jump schedule from the top
-    assert count_evaluations(200, 10, 5, 80) == 600    # ... started after skipping 80 steps
-    unet = tiny_unet()
+    torch.manual_seed(0)
+    learned = variance == "learned_range"
+    unet = UNet2DModel(sample_size=32, in_channels=4, out_channels=8 if learned else 4, block_out_channels=(16, 32),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+    config = {**scheduler_config(), "variance_type": variance}
     hook = Counter(unet)
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     masks = np.zeros((2, 32, 32), bool)
     masks[:, 10:20, 12:22] = True
     regions = np.stack([dilate(m, 5) for m in masks])
-    out, raw, nfe = repaint(unet, scheduler_config(), images, masks, regions, [3, 4], steps=12, skip_steps=3,
+    out, raw, nfe = repaint(unet, config, images, masks, regions, [3, 4], steps=12, start=start, skip_steps=3,
                             jump_length=3, jump_n_sample=2)
-    assert nfe == hook.n == count_evaluations(12, 3, 2, 3)
+    assert nfe == hook.n == count_evaluations(12, 3, 2, 3, start)
     assert np.array_equal(out[~regions], images[~regions]) and not raw[~regions].any()
     assert (out[regions] != images[regions]).mean() > 0.5
-    with pytest.raises(StageError, match="skip_steps"):
-        repaint(unet, scheduler_config(), images, masks, regions, [3, 4], steps=5, skip_steps=5,
-                jump_length=2, jump_n_sample=2)
+    again = repaint(unet, config, images[1:], masks[1:], regions[1:], [4], steps=12, start=start, skip_steps=3,
+                    jump_length=3, jump_n_sample=2)
+    assert np.abs(again[0][0].astype(int) - out[1].astype(int)).max() <= 1     # a pair does not depend on its batch
+    if start == "sdedit":
+        with pytest.raises(StageError, match="skip_steps"):
+            repaint(unet, config, images, masks, regions, [3, 4], steps=5, start=start, skip_steps=5,
+                    jump_length=2, jump_n_sample=2)
 
 
 def test_pair_seeds_are_stable_and_distinct():

@@ -70,7 +70,10 @@ def cluster_examples_figure(prepared, clusters: pd.DataFrame, n: int = 6, seed: 
 
 
 def loss_curves_figure(run, names: Sequence[str] | None = None):
-    """Training loss of each model (rolling mean over ~5 % of the steps), log scale."""
+    """Noise-prediction MSE of each model (rolling mean over ~5 % of the steps), log scale.
+
+    With learned sigma the training loss also holds L_vlb, whose decoder term at t = 0 is large and
+    spiky; the MSE part is comparable between models of either variance."""
     import matplotlib.pyplot as plt
 
     from .train import model_dir
@@ -84,7 +87,8 @@ def loss_curves_figure(run, names: Sequence[str] | None = None):
             continue
         df = pd.read_csv(path)
         window = max(1, len(df) // 20)
-        ax.plot(df["step"], df["loss"].rolling(window, min_periods=1).mean(), label=name,
+        column = "mse" if "mse" in df else "loss"   # the noise-prediction part (the vb term is in "loss")
+        ax.plot(df["step"], df[column].rolling(window, min_periods=1).mean(), label=name,
                 lw=2.0 if name == "full" else 1.2, color="black" if name == "full" else None)
     ax.set_yscale("log")
     ax.set_xlabel("optimiser step")

@@ -95,6 +95,18 @@ def build_scheduler(ddpm):
     return DDPMScheduler(**scheduler_kwargs(ddpm.num_train_timesteps, ddpm.beta_schedule, ddpm.variance))
 
 
+def models_root(run) -> Path:
+    """The folder holding this run's DDPMs: ``models/ddpm``, or ``ddpm.pretrained`` (converted models)."""
+    if run.cfg.ddpm.pretrained:
+        return Path(run.cfg.ddpm.pretrained).expanduser().resolve()
+    return run.path("models", "ddpm")
+
+
+def model_dir(run, name: str) -> Path:
+    """The folder of model ``name`` (``cluster-NN`` or ``full``) of this run."""
+    return models_root(run) / name
+
+
 def load_pipeline(folder: str | Path, device: str | torch.device = "cpu"):
     """A saved model folder (``save_pretrained``) as a DDPMPipeline on ``device``."""
     from diffusers import DDPMPipeline
@@ -115,27 +127,25 @@ def _pipeline(pipeline_or_folder, device):
 def sample_tensors(pipeline_or_folder, n: int, seed: int, *, steps: int | None = None,
                    sampler: str = "ddpm", batch_size: int = 16, device=None,
                    progress: bool = False) -> torch.Tensor:
-    """n samples as an n x 4 x H x W float tensor in [-1, 1] (clipped), drawn with a seeded generator.
+    """n samples as an n x 4 x H x W float tensor in [-1, 1] (clipped); sample k has its own seed.
 
-    ``steps``: inference steps (default: all training timesteps); ``sampler="ddim"`` swaps in a
-    DDIM scheduler with the same betas (far fewer steps for the same quality, used for grids).
+    ``steps``: inference steps (default: all training timesteps); ``sampler="ddim"`` (or
+    ``"dpm++"``) walks the same noise levels deterministically (far fewer steps, used for grids).
+    The stage-03 sampler (``sampling.unconditional.sample_tensor``) does the work.
     """
-    from diffusers import DDIMScheduler, DDPMPipeline
+    from tqdm.auto import tqdm
+
+    from ..sampling.unconditional import pair_seed, sample_tensor
 
     pipe = _pipeline(pipeline_or_folder, device)
-    if sampler == "ddim":
-        pipe = DDPMPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
-    elif sampler != "ddpm":
-        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
-    pipe.set_progress_bar_config(disable=not progress)
-    steps = steps or pipe.scheduler.config.num_train_timesteps
-    generator = torch.Generator(device=pipe.device).manual_seed(seed)
+    config = dict(pipe.scheduler.config)
+    steps = steps or config["num_train_timesteps"]
+    seeds = [pair_seed(seed, "samples", k) for k in range(n)]
     out = []
-    for start in range(0, n, batch_size):
-        res = pipe(batch_size=min(batch_size, n - start), generator=generator, num_inference_steps=steps,
-                   output_type="np")
-        out.append(torch.from_numpy(np.asarray(res.images)).permute(0, 3, 1, 2))
-    return torch.cat(out).float() * 2.0 - 1.0
+    for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress):
+        x, _ = sample_tensor(pipe.unet, config, sampler, steps, seeds[start:start + batch_size])
+        out.append(x.float().cpu())
+    return torch.cat(out)
 
 
 def sample_pairs(pipeline_or_folder, n: int, seed: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:

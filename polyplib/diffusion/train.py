@@ -20,7 +20,7 @@ Layout of one model, ``runs/<profile>/models/ddpm/<name>/`` (name: ``cluster-00`
 
     model_index.json, unet/, scheduler/      DDPMPipeline.from_pretrained(folder) (EMA weights)
     config.yaml, train_ids.json, train_state.json
-    loss.csv                                 step, loss, ema_decay, lr, images, elapsed_s
+    loss.csv                                 step, loss (mse + vb), mse, ema_decay, lr, images, elapsed_s
     samples/step-000100.png                  sample grids: images (top), mask overlays (bottom)
     checkpoints/checkpoint-N/                unet/, unet_ema/, optimizer.bin, random_states_*.pkl,
                                              config.yaml, train_ids.json, trainer_state.json
@@ -68,7 +68,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from ..config import StudyConfig
 from ..errors import StageError
@@ -77,12 +76,13 @@ from ..training import (checkpoints, config_key, cpu_has_bf16, fresh_accelerator
                         partial_state, read_json, resolve_device, save_checkpoint, step_seed, torch_threads,
                         usable_checkpoints, weights_digest, write_provenance)
 from .dataset import PairDataset
-from .model import build_scheduler, build_unet
+from .gaussian import Chain
+from .model import build_scheduler, build_unet, model_dir, models_root
 
 # ddpm.* values that do not change the trained weights (so they are left out of the model key)
 BOOKKEEPING = ("checkpoint_every", "checkpoints_total_limit", "sample_every", "sample_steps",
-               "keep_checkpoints", "train_clusters", "train_full")
-LOSS_COLUMNS = "step,loss,ema_decay,lr,images,elapsed_s\n"
+               "keep_checkpoints", "train_clusters", "train_full", "pretrained")
+LOSS_COLUMNS = "step,loss,mse,ema_decay,lr,images,elapsed_s\n"   # loss = mse (+ vb with learned sigma)
 GRID_SAMPLES = 8
 
 
@@ -92,7 +92,7 @@ class TrainResult:
 
     model: str
     pairs: int
-    status: str          # trained | resumed | cached | stopped
+    status: str          # trained | resumed | cached | stopped | pretrained (ddpm.pretrained: not trained here)
     steps: int
     final_loss: float | None
     mixed_precision: str
@@ -169,6 +169,7 @@ class Trainer:
         self.dataset = PairDataset(self.prepared, self.ids, hflip=self.ddpm.hflip, seed=self.ddpm.seed)
         model = build_unet(self.ddpm, self.dataset.resolution, seed=self.ddpm.seed)
         self.scheduler = build_scheduler(self.ddpm)
+        self.chain = Chain.from_config(self.scheduler.config)   # the full T-step chain
         fused = acc.device.type in ("cpu", "cuda")
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.ddpm.learning_rate, weight_decay=0.0,
                                       fused=fused or None)
@@ -292,22 +293,25 @@ class Trainer:
                     gen = torch.Generator(device=acc.device).manual_seed(step_seed(ddpm.seed, micro, rank))
                     noise = torch.randn(clean.shape, generator=gen, device=acc.device)
                     t = torch.randint(0, timesteps, (bs,), generator=gen, device=acc.device)
-                    noisy = self.scheduler.add_noise(clean, noise, t)
+                    noisy = self.chain.q_sample(clean, t, noise)
                     with acc.accumulate(self.model):
-                        loss = F.mse_loss(self.model(noisy, t).sample.float(), noise)
+                        out = self.model(noisy, t).sample
+                        # MSE(eps), plus L_vlb for the variance channels with a learned sigma
+                        terms = self.chain.training_losses(out, clean, noisy, t, noise, ddpm.variance)
+                        loss = terms["loss"].mean()
                         acc.backward(loss)
                         if acc.sync_gradients:
                             acc.clip_grad_norm_(self.model.parameters(), 1.0)
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
-                    losses.append(loss.detach())
+                    losses.append(torch.stack([loss.detach(), terms["mse"].mean().detach()]))
                 self.ema.step(self.model.parameters())
                 step += 1
-                loss_value = acc.reduce(torch.stack(losses).mean(), reduction="mean").item()
+                loss_value, mse_value = acc.reduce(torch.stack(losses).mean(0), reduction="mean").tolist()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 if log is not None:
-                    log.write(f"{step},{loss_value:.6g},{self.ema.cur_decay_value:.6g},{ddpm.learning_rate:g},"
+                    log.write(f"{step},{loss_value:.6g},{mse_value:.6g},{self.ema.cur_decay_value:.6g},{ddpm.learning_rate:g},"
                               f"{step * accum * bs * world},{time.time() - started:.3f}\n")
                     log.flush()
                 if step % ddpm.checkpoint_every == 0 and step < ddpm.max_steps:
@@ -367,10 +371,6 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------- the stage
-def model_dir(run: Run, name: str) -> Path:
-    return run.path("models", "ddpm", name)
-
-
 def planned_models(run: Run, clusters: pd.DataFrame) -> list[tuple[str, list[str]]]:
     """(name, training ids) of every model the configuration asks for, clusters first, then full."""
     from .clustering import cluster_name
@@ -390,11 +390,40 @@ def train_one(run: Run, name: str, force: bool = False, stop_after: int | None =
     from ..data.prepared import load_dataset
     from .clustering import load_clusters
 
+    if run.cfg.ddpm.pretrained:
+        raise StageError(f"ddpm.pretrained={run.cfg.ddpm.pretrained} is set: this run uses converted models and "
+                         "trains none; unset it to train")
     clusters, _ = load_clusters(run)
     wanted = dict(planned_models(run, clusters)) | {"full": clusters["id"].tolist()}
     if name not in wanted:
         raise StageError(f"unknown model '{name}'; this run has: {', '.join(sorted(wanted))}")
     return Trainer(run.cfg, load_dataset(run), wanted[name], model_dir(run, name), name).run(force, stop_after)
+
+
+def pretrained_model(run: Run, name: str, ids: Sequence[str]) -> TrainResult:
+    """Check the converted model ``<ddpm.pretrained>/<name>`` fits this run; nothing is trained.
+
+    Converted models come from ``python -m polyplib.diffusion.convert`` (the authors' checkpoints).
+    """
+    from diffusers import UNet2DModel
+
+    root, folder = models_root(run), model_dir(run, name)
+    if not (folder / "model_index.json").exists() or not (folder / "unet").is_dir():
+        found = sorted(p.name for p in root.glob("*") if (p / "model_index.json").exists()) if root.is_dir() else []
+        raise StageError(f"ddpm.pretrained={root}: no converted model '{name}' ({folder}/model_index.json is "
+                         f"missing); this run needs {name} (found: {', '.join(found) or 'none'}). Convert the "
+                         f"authors' checkpoint with: python -m polyplib.diffusion.convert <model.pt> {folder}")
+    features = run.cfg.clustering.features
+    if name.startswith("cluster-") and (folder / "convert.json").exists() and features != "paper":
+        raise StageError(f"{folder}: converted from an authors' checkpoint, whose cluster number is the authors'; it "
+                         f"matches this run's {name} only with clustering.features=paper (the shipped assignment), "
+                         f"but this run clusters with clustering.features={features}")
+    config = UNet2DModel.load_config(str(folder), subfolder="unet")
+    size = config["sample_size"] if isinstance(config["sample_size"], int) else config["sample_size"][0]
+    if size != run.cfg.data.resolution or config["in_channels"] != 4:
+        raise StageError(f"{folder}: a {size} px model with {config['in_channels']} input channels; this run needs "
+                         f"4 channels (RGB + mask) at data.resolution={run.cfg.data.resolution}")
+    return TrainResult(name, len(ids), "pretrained", 0, None, "-", 0, 0.0, str(folder))
 
 
 def ensure_clusters(run: Run, force: bool = False) -> pd.DataFrame:
@@ -417,8 +446,8 @@ def train_all(run: Run, force: bool = False, recluster: bool | None = None) -> p
     clusters = ensure_clusters(run, force=force if recluster is None else recluster)
     models = planned_models(run, clusters)
     rows = []
-    for i, (name, _) in enumerate(models, 1):
-        result = train_one(run, name, force=force)
+    for i, (name, ids) in enumerate(models, 1):
+        result = pretrained_model(run, name, ids) if run.cfg.ddpm.pretrained else train_one(run, name, force=force)
         rows.append(asdict(result))
         print(f"[{i}/{len(models)}] {name}: {result.pairs} pairs, {result.status}, {result.steps} steps, "
               f"{result.seconds:.1f} s" + (f", final loss {result.final_loss:.4f}" if result.final_loss else ""))

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..diffusion.model import model_dir, models_root
 from ..errors import StageError
 from ..runs import Run, atomic_write_json
 from .postprocess import PostProcess, clean_mask, dilate, judge, scaled_px
@@ -89,7 +90,7 @@ class _Context:
 
     def default_model(self) -> str:
         """The Full model for unconditional sampling, else the first cluster model."""
-        root = self.run.path("models", "ddpm")
+        root = models_root(self.run)
         if (root / "full" / "unet").is_dir():
             return "full"
         found = sorted(p.parent.name for p in root.glob("cluster-*/unet"))
@@ -102,7 +103,7 @@ class _Context:
 def _load_model(run: Run, name: str, device: str):
     from diffusers import DDPMScheduler, UNet2DModel
 
-    folder = run.path("models", "ddpm", name)
+    folder = model_dir(run, name)
     if not (folder / "unet").is_dir() or not (folder / "scheduler").is_dir():
         raise StageError(f"{folder}: no trained model '{name}' (unet/ + scheduler/); run stage 02 "
                          "(python run_all.py --only 02)")
@@ -110,9 +111,12 @@ def _load_model(run: Run, name: str, device: str):
     scheduler_config = dict(DDPMScheduler.from_pretrained(folder, subfolder="scheduler").config)
     size = unet.config.sample_size
     size = size if isinstance(size, int) else size[0]
-    if unet.config.in_channels != 4 or unet.config.out_channels != 4:
-        raise StageError(f"{folder}: the UNet must have 4 input and output channels (RGB + mask), has "
-                         f"{unet.config.in_channels}/{unet.config.out_channels}")
+    variance = scheduler_config.get("variance_type", "fixed_small")
+    expected = 8 if variance == "learned_range" else 4
+    if unet.config.in_channels != 4 or unet.config.out_channels != expected:
+        raise StageError(f"{folder}: a {variance} model needs a UNet with 4 input channels (RGB + mask) and "
+                         f"{expected} output channels, this one has {unet.config.in_channels}/"
+                         f"{unet.config.out_channels}")
     if size != run.cfg.data.resolution:
         raise StageError(f"{folder}: model trained at {size} px but data.resolution is {run.cfg.data.resolution}")
     return unet, scheduler_config
@@ -122,7 +126,7 @@ def _fingerprint(run: Run, names: list[str]) -> list:
     """Which model files a folder was made from (size + modification time, cheap for 2 GB models)."""
     out = []
     for name in sorted(set(names)):
-        folder = run.path("models", "ddpm", name)
+        folder = model_dir(run, name)
         files = sorted(p for sub in ("unet", "scheduler") for p in (folder / sub).glob("*") if p.is_file())
         out.append([name, [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]])
     return out
@@ -153,7 +157,8 @@ def _repaint_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
                 "cluster": int(clusters.get(sid, -1)), "model": model, "method": method, "sampler": "repaint",
                 "steps": s.steps, "seed": pair_seed(s.seed, sid, k), "sample_index": k})
     batches = [b for model in sorted(jobs) for b in _chunks(jobs[model], s.batch_size)]
-    params = {"skip_steps": s.skip_steps, "jump_length": s.jump_length, "jump_n_sample": s.jump_n_sample,
+    params = {"start": s.start, "skip_steps": s.skip_steps if s.start == "sdedit" else None,
+              "jump_length": s.jump_length, "jump_n_sample": s.jump_n_sample,
               "dilation_px": ctx.dilation_px, **ctx.post.as_row()}
     key = _key({"method": method, "params": params, "steps": s.steps, "batch": s.batch_size, "seed": s.seed,
                 "data": ctx.run.keys.get("01"), "ids": [j["id"] for b in batches for j in b],
@@ -170,7 +175,8 @@ def _repaint_compute(ctx: _Context, batch: list[dict], params: dict) -> list[tup
     masks = np.stack([p[1] for p in pairs])
     regions = np.stack([dilate(m, ctx.dilation_px) for m in masks])
     out, raw, nfe = repaint(unet, sconf, images, masks, regions, [j["seed"] for j in batch], steps=s.steps,
-                            skip_steps=s.skip_steps, jump_length=s.jump_length, jump_n_sample=s.jump_n_sample)
+                            start=s.start, skip_steps=s.skip_steps, jump_length=s.jump_length,
+                            jump_n_sample=s.jump_n_sample)
     return [_judged(ctx, params, out[i], raw[i], nfe, region_fraction=round(float(regions[i].mean()), 6))
             for i in range(len(batch))]
 

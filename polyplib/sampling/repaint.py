@@ -1,19 +1,19 @@
-"""RePaint joint inpainting of image AND mask (Lugmayr et al. 2022, as the paper uses it).
+"""RePaint joint inpainting of image AND mask (Lugmayr et al. 2022), as the authors ran it.
 
 Why: a 4-channel (RGB + mask) DDPM knows polyps and their outlines together. Keeping the real
 frame outside the dilated real mask and letting the model redraw all four channels inside it
-gives a new polyp, with its own mask, in real context. The reverse process is diffusers'
-``RePaintScheduler`` (known region re-noised from the real pair at every step, "jumps" back up
-the noise levels to harmonise), with ``eta = 1`` so that steps are ancestral DDPM steps as in the
-authors' guided-diffusion code.
+gives a new polyp, with its own mask, in real context.
 
-``skip_steps``: the paper says "200 respaced steps, start after skipping 80". In the authors'
-code (dsaragih/diffuse-gen, ``p_sample_loop_progressive``) the inpainting branch actually ignores
-``skip_timesteps`` and starts from pure noise; the skip only shortens the later style-transfer
-pass, which starts from the forward-noised sample. Here ``skip_steps`` applies to RePaint: the
-reverse process starts at respaced step ``steps - 1 - skip_steps`` from the forward-noised real
-pair (SDEdit-style) and the jump schedule is cut there. ``skip_steps = 0`` is the authors' code
-path (start at the top, where the forward-noised pair is pure noise to within 0.7 %).
+The authors' code (dsaragih/diffuse-gen, ``p_sample_loop_progressive``) walks RePaint's jump
+schedule ``get_schedule_jump(t_T=200, n_sample=1, jump_length=10, jump_n_sample=5)`` over a
+200-step respacing of the 1000-step chain, starting from PURE NOISE (its ``skip_timesteps=80``
+is ignored on this path): 960 denoising UNet calls and 760 re-noising steps per pair. Before each
+denoising call except the first, the known region is replaced by the real pair noised to the
+current level; each denoising step is an ancestral step with the model's own variance (learned
+range for the authors' model, ``diffusion.gaussian``); a jump re-noises by one respaced step.
+``sampling.start = "sdedit"`` is an ablation kept from earlier versions: the reverse process
+starts at respaced step ``steps - 1 - skip_steps`` from the forward-noised real pair and the
+schedule is cut there (fewer calls).
 """
 from __future__ import annotations
 
@@ -25,40 +25,56 @@ import torch
 from ..errors import StageError
 from .unconditional import generators, split_pair
 
-
-def make_scheduler(scheduler_config: dict, eta: float = 1.0):
-    """A RePaintScheduler with the trained model's noise schedule (betas, T, clipping)."""
-    from diffusers import RePaintScheduler
-
-    scheduler = RePaintScheduler.from_config(scheduler_config, eta=eta)
-    if scheduler_config.get("prediction_type", "epsilon") != "epsilon":
-        raise StageError("RePaint needs an epsilon-predicting model; the scheduler config says "
-                         f"prediction_type={scheduler_config.get('prediction_type')!r}")
-    return scheduler
+STARTS = ("noise", "sdedit")
 
 
-def repaint_timesteps(scheduler, steps: int, jump_length: int, jump_n_sample: int, skip_steps: int) -> list[int]:
-    """The jump schedule of ``RePaintScheduler.set_timesteps``, cut where the reverse process starts."""
+def jump_schedule(steps: int, jump_length: int, jump_n_sample: int) -> list[int]:
+    """RePaint's time schedule over chain indices steps-1 ... 0, ending with -1 (``n_sample = 1``).
+
+    Going down one index at a time; at every multiple of ``jump_length`` below
+    ``steps - jump_length`` the walk jumps back up ``jump_length`` indices, ``jump_n_sample - 1``
+    times. A pair (a, b) of consecutive entries with b < a is a denoising call at index a; with
+    b > a it re-noises from a to b.
+    """
+    if steps < 2 or jump_length < 1 or jump_n_sample < 1:
+        raise StageError(f"RePaint needs steps >= 2, jump_length >= 1, jump_n_sample >= 1; got "
+                         f"{steps}, {jump_length}, {jump_n_sample}")
+    jumps = {j: jump_n_sample - 1 for j in range(0, steps - jump_length, jump_length)}
+    t, times = steps, []
+    while t >= 1:
+        t -= 1
+        times.append(t)
+        if jumps.get(t, 0) > 0:
+            jumps[t] -= 1
+            for _ in range(jump_length):
+                t += 1
+                times.append(t)
+    return times + [-1]
+
+
+def repaint_schedule(steps: int, jump_length: int, jump_n_sample: int, start: str = "noise",
+                     skip_steps: int = 0) -> list[int]:
+    """The schedule a pair walks: the whole jump schedule, or (``sdedit``) its tail from the start index."""
+    if start not in STARTS:
+        raise StageError(f"sampling.start must be one of {', '.join(STARTS)}, got {start!r}")
+    times = jump_schedule(steps, jump_length, jump_n_sample)
+    if start == "noise":
+        return times
     if not 0 <= skip_steps < steps:
         raise StageError(f"sampling.skip_steps={skip_steps} must be smaller than sampling.steps={steps}")
-    scheduler.set_timesteps(steps, jump_length, jump_n_sample)
-    times = [int(t) for t in scheduler.timesteps]
-    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    start = (scheduler.num_inference_steps - 1 - skip_steps) * stride
-    return times[times.index(start):]
+    return times[times.index(steps - 1 - skip_steps):]
 
 
-def count_evaluations(steps: int, jump_length: int, jump_n_sample: int, skip_steps: int,
-                      num_train_timesteps: int = 1000) -> int:
-    """UNet evaluations per pair of one RePaint run (every downward step costs one)."""
-    from diffusers import RePaintScheduler
+def count_calls(times: Sequence[int]) -> tuple[int, int]:
+    """(denoising UNet calls, re-noising steps) of a schedule."""
+    down = sum(b < a for a, b in zip(times[:-1], times[1:]))
+    return down, len(times) - 1 - down
 
-    times = repaint_timesteps(RePaintScheduler(num_train_timesteps), steps, jump_length, jump_n_sample, skip_steps)
-    last, n = times[0] + 1, 0
-    for t in times:
-        n += t < last
-        last = t
-    return n
+
+def count_evaluations(steps: int, jump_length: int, jump_n_sample: int, skip_steps: int = 0,
+                      start: str = "noise") -> int:
+    """UNet evaluations per pair of one RePaint run."""
+    return count_calls(repaint_schedule(steps, jump_length, jump_n_sample, start, skip_steps))[0]
 
 
 def _pair_tensor(images: np.ndarray, masks: np.ndarray, device) -> torch.Tensor:
@@ -70,37 +86,46 @@ def _pair_tensor(images: np.ndarray, masks: np.ndarray, device) -> torch.Tensor:
 
 @torch.no_grad()
 def repaint(unet, scheduler_config: dict, images: np.ndarray, masks: np.ndarray, regions: np.ndarray,
-            seeds: Sequence[int], *, steps: int, skip_steps: int, jump_length: int, jump_n_sample: int,
-            eta: float = 1.0, callback: Callable[[int], None] | None = None
+            seeds: Sequence[int], *, steps: int, jump_length: int, jump_n_sample: int, start: str = "noise",
+            skip_steps: int = 0, callback: Callable[[int], None] | None = None
             ) -> tuple[np.ndarray, np.ndarray, int]:
     """Redraw the 4 channels inside ``regions`` (bool B,H,W) of the real pairs ``images``/``masks``.
 
+    ``scheduler_config``: the model's DDPMScheduler config (noise schedule and ``variance_type``).
     Returns (images uint8 B,H,W,3, raw mask channel uint8 B,H,W, UNet evaluations per pair).
     Outside ``regions`` the output is the real image and mask, exactly.
     """
     from diffusers.utils.torch_utils import randn_tensor
 
+    from ..diffusion.gaussian import Chain
+
     device, dtype = unet.device, unet.dtype
-    scheduler = make_scheduler(scheduler_config, eta)
-    times = repaint_timesteps(scheduler, steps, jump_length, jump_n_sample, skip_steps)
+    chain = Chain.from_config(scheduler_config, steps)
+    variance = scheduler_config.get("variance_type", "fixed_small")
+    times = repaint_schedule(steps, jump_length, jump_n_sample, start, skip_steps)
     x0 = _pair_tensor(images, masks, device).to(dtype)
     known = torch.from_numpy(~np.asarray(regions, bool)).to(device=device, dtype=dtype)[:, None]
     gens = generators(seeds)
-    noise = randn_tensor(x0.shape, generator=gens, device=device, dtype=dtype)
-    a_bar = scheduler.alphas_cumprod[times[0]].to(device=device, dtype=dtype)
-    x = a_bar.sqrt() * x0 + (1 - a_bar).sqrt() * noise    # the real pair, forward-noised to the start
-    last, nfe = times[0] + 1, 0
-    for t in times:
-        if t < last:   # downward: one model evaluation, then merge with the re-noised known region
-            eps = unet(x, torch.tensor(t, device=device)).sample
+
+    def noise() -> torch.Tensor:
+        return randn_tensor(x0.shape, generator=gens, device=device, dtype=dtype)
+
+    first = chain.indices(times[0], len(x0), device)
+    x = noise() if start == "noise" else chain.q_sample(x0, first, noise())
+    nfe = 0
+    for now, nxt in zip(times[:-1], times[1:]):
+        i = chain.indices(now, len(x0), device)
+        if nxt < now:   # denoise at index `now`, after putting the known region at this noise level
+            if nfe:
+                x = known * chain.q_sample(x0, i, noise()) + (1 - known) * x
+            out = unet(x, chain.model_timesteps(i)).sample
+            x, _ = chain.p_sample(out.to(dtype), x, i, noise(), variance)
             nfe += 1
-            x = scheduler.step(eps, t, x, x0, known, generator=gens).prev_sample
             if callback is not None:
                 callback(nfe)
-        else:          # a jump back up: re-noise by one respaced step
-            x = scheduler.undo_step(x, last, generator=gens)
-        last = t
-    out_images, out_masks = split_pair(x)
+        else:           # a jump back up: re-noise by one respaced step
+            x = chain.renoise(x, chain.indices(nxt, len(x0), device), noise())
+    out_images, out_masks = split_pair(x.clamp(-1, 1))
     keep = ~np.asarray(regions, bool)
     out_images[keep] = np.asarray(images)[keep]                       # exact, not just to rounding
     out_masks[keep] = np.asarray(masks, bool)[keep].astype(np.uint8) * 255

@@ -32,15 +32,18 @@ def generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 
 def make_scheduler(sampler: str, scheduler_config: dict):
-    """A diffusers scheduler for ``sampler``, built from the trained model's scheduler config."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    """A diffusers scheduler for a deterministic fast ``sampler``, built from the model's scheduler config.
 
-    if sampler == "ddpm":
-        return DDPMScheduler.from_config(scheduler_config)
+    These samplers need only the noise prediction: the learned variance is dropped from the
+    config (the UNet's extra channels are sliced off before each step, see ``epsilon``).
+    """
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    config = {k: v for k, v in dict(scheduler_config).items() if k != "variance_type"}
     if sampler == "ddim":
-        return DDIMScheduler.from_config(scheduler_config)
+        return DDIMScheduler.from_config(config)
     if sampler == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++")
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
     raise StageError(f"unknown sampler '{sampler}'; known: {', '.join(SAMPLERS)}")
 
 
@@ -50,25 +53,49 @@ def split_pair(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(arr[:, :3].transpose(0, 2, 3, 1)), arr[:, 3]
 
 
+def epsilon(unet, x: torch.Tensor, t) -> torch.Tensor:
+    """The UNet's noise prediction (the first 4 channels; a learned-sigma model also outputs v)."""
+    return unet(x, t).sample[:, : x.shape[1]]
+
+
 @torch.no_grad()
-def sample_unconditional(unet, scheduler_config: dict, sampler: str, steps: int, seeds: Sequence[int],
-                         callback: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Draw ``len(seeds)`` pairs in one batch; returns (images, raw masks, UNet evaluations per pair)."""
-    scheduler = make_scheduler(sampler, scheduler_config)
-    scheduler.set_timesteps(steps, device=unet.device)
+def sample_tensor(unet, scheduler_config: dict, sampler: str, steps: int, seeds: Sequence[int],
+                  callback: Callable[[int], None] | None = None) -> tuple[torch.Tensor, int]:
+    """``len(seeds)`` pairs as a (B,4,H,W) tensor in [-1, 1]; returns (pairs, UNet evaluations per pair).
+
+    ``ddpm``: ancestral sampling on a ``steps``-step respacing with the model's own variance
+    (learned or fixed; ``diffusion.gaussian``); ``ddim`` / ``dpm++``: diffusers' schedulers.
+    """
     from diffusers.utils.torch_utils import randn_tensor
 
+    from ..diffusion.gaussian import Chain, ancestral_sample
+
     size = unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
     gens = generators(seeds)
     shape = (len(seeds), unet.config.in_channels, size, size)
-    x = randn_tensor(shape, generator=gens, device=unet.device, dtype=unet.dtype) * scheduler.init_noise_sigma
+    noise = randn_tensor(shape, generator=gens, device=unet.device, dtype=unet.dtype)
+    if sampler == "ddpm":
+        chain = Chain.from_config(scheduler_config, steps)
+        variance = scheduler_config.get("variance_type", "fixed_small")
+        return ancestral_sample(unet, chain, variance, noise, gens, callback).clamp(-1, 1), len(chain)
+    scheduler = make_scheduler(sampler, scheduler_config)
+    scheduler.set_timesteps(steps, device=unet.device)
+    x = noise * scheduler.init_noise_sigma
     nfe = 0
     for t in scheduler.timesteps:
-        eps = unet(scheduler.scale_model_input(x, t), t).sample
+        eps = epsilon(unet, scheduler.scale_model_input(x, t), t)
         nfe += 1
         kwargs = {"eta": 0.0} if sampler == "ddim" else {}
         x = scheduler.step(eps, t, x, generator=gens, **kwargs).prev_sample
         if callback is not None:
             callback(nfe)
+    return x.clamp(-1, 1), nfe
+
+
+def sample_unconditional(unet, scheduler_config: dict, sampler: str, steps: int, seeds: Sequence[int],
+                         callback: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Draw ``len(seeds)`` pairs in one batch; returns (images, raw masks, UNet evaluations per pair)."""
+    x, nfe = sample_tensor(unet, scheduler_config, sampler, steps, seeds, callback)
     images, masks = split_pair(x)
     return images, masks, nfe

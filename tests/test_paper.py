@@ -1,0 +1,40 @@
+"""The paper profile is the authors' method: its resolved configuration equals Tables A.1-A.2."""
+import pytest
+
+from polyplib import paper
+from polyplib.config import load_config
+
+
+def test_paper_profile_equals_tables_a1_a2_value_for_value():
+    cfg = load_config("paper")
+    assert paper.differences(cfg) == []
+    for key, fact in paper.SETTINGS.items():
+        assert cfg.section(key) == fact.value, key
+
+
+@pytest.mark.parametrize("override,key", [
+    ("ddpm.attention_resolutions=[16]", "ddpm.attention_resolutions"),
+    ("ddpm.variance=fixed_small", "ddpm.variance"),
+    ("ddpm.resblock_updown=false", "ddpm.resblock_updown"),
+    ("ddpm.scale_shift_norm=false", "ddpm.scale_shift_norm"),
+    ("sampling.start=sdedit", "sampling.start"),
+    ("sampling.jump_n_sample=3", "sampling.jump_n_sample"),
+])
+def test_a_changed_setting_is_named_as_a_difference(override, key):
+    found = paper.differences(load_config("paper", [override]))
+    assert [d[0] for d in found] == [key]
+    assert found[0][2] == paper.SETTINGS[key].value and found[0][3]      # the paper's value and its source
+
+
+def test_the_code_reproduces_the_authors_call_counts():
+    from polyplib.sampling.repaint import count_calls, repaint_schedule
+
+    s = load_config("paper").sampling
+    calls = count_calls(repaint_schedule(s.steps, s.jump_length, s.jump_n_sample, s.start, s.skip_steps))
+    assert calls == (paper.REPAINT_CALLS_PER_PAIR.value, paper.REPAINT_RENOISE_STEPS_PER_PAIR.value)
+
+
+def test_smoke_and_course_run_the_learned_sigma_path():
+    for profile in ("smoke", "course"):
+        cfg = load_config(profile)
+        assert cfg.ddpm.variance == "learned_range" and cfg.sampling.start == "noise", profile
