@@ -112,6 +112,9 @@ class DDPMSection(Section):
         "learned_range", description="learned_range: the UNet also predicts the variance interpolation v (8 "
         "output channels) and trains on MSE + L_vlb, as the authors' learn_sigma=True; fixed_small: noise only, "
         "posterior variance (Ho et al.)")
+    compare_variance: bool = Field(False, description="also train the Full model with the other variance "
+                                   "(full-fixed-sigma, or full-learned-sigma) and redraw every source with it in "
+                                   "stage 03, so that notebooks 03-04 compare the two trained alike")
     pretrained: str | None = Field(None, description="folder of already-converted models (cluster-NN/ and "
                                    "full/, e.g. from python -m polyplib.diffusion.convert): stage 02 uses "
                                    "them and trains nothing")

@@ -138,6 +138,11 @@ def test_final_folder_reloads_as_a_pipeline_and_splits_image_and_mask(finished_m
     assert np.array_equal(images, again) and not np.array_equal(images, other)
     x = sample_tensors(pipe, 2, seed=5, steps=4)
     assert x.shape == (2, 4, 32, 32) and x.min() >= -1 and x.max() <= 1
+    from polyplib.diffusion.figures import learned_variance_table
+
+    table = learned_variance_table(folder, x, steps=10, indices=[1, 5, 9])
+    assert table["t"].tolist() == [5, 27, 49] and table["v_interpolation"].notna().all()    # 10 of T = 50
+    assert (table["noise_std_posterior"] < table["noise_std_beta"]).all() and (table["noise_std_model"] > 0).all()
     assert config_from_dict(yaml.safe_load((folder / "config.yaml").read_text())) == cfg
     assert json.loads((folder / "train_ids.json").read_text()) == ids
     assert pd.read_csv(folder / "loss.csv")["step"].tolist() == [1, 2, 3, 4]
@@ -186,6 +191,35 @@ def test_train_all_trains_each_cluster_and_the_full_model_then_skips_them(tiny_r
     assert load_summary(run)["status"].tolist() == ["cached"] * len(summary)
     with pytest.raises(StageError, match="unknown model"):
         train_one(run, "cluster-99")
+
+
+def test_compare_variance_trains_a_fixed_sigma_full_model_alike(tiny_run, tmp_path):
+    """``ddpm.compare_variance``: one more Full model, the same in everything but the variance."""
+    from diffusers import DDPMPipeline
+
+    from polyplib.diffusion.train import model_key, train_all
+    from polyplib.sampling import planned_methods
+
+    run = _run(tiny_run, tmp_path, ["ddpm.max_steps=2", "ddpm.sample_every=100", "ddpm.train_clusters=false",
+                                    "ddpm.compare_variance=true"])
+    summary = train_all(run)
+    assert summary["model"].tolist() == ["full", "full-fixed-sigma"] and (summary["status"] == "trained").all()
+    learned, fixed = (DDPMPipeline.from_pretrained(str(run.path("models", "ddpm", m))) for m in summary["model"])
+    assert (learned.unet.config.out_channels, learned.scheduler.config.variance_type) == (8, "learned_range")
+    assert (fixed.unet.config.out_channels, fixed.scheduler.config.variance_type) == (4, "fixed_small")
+    from polyplib.diffusion.figures import learned_variance_table
+
+    table = learned_variance_table(run.path("models", "ddpm", "full-fixed-sigma"), torch.zeros(2, 4, 32, 32), steps=10)
+    assert (table["model_over_posterior"] == 1.0).all() and table["v_interpolation"].isna().all()
+    assert json.loads((run.path("models", "ddpm", "full-fixed-sigma") / "train_ids.json").read_text()) == \
+        json.loads((run.path("models", "ddpm", "full") / "train_ids.json").read_text())
+    saved = config_from_dict(yaml.safe_load((run.path("models", "ddpm", "full-fixed-sigma") / "config.yaml").read_text()))
+    assert saved.ddpm.variance == "fixed_small" and saved.ddpm.max_steps == run.cfg.ddpm.max_steps
+    # the main models' key ignores the switch: turning it on retrains nothing
+    off = run.cfg.model_copy(deep=True)
+    off.ddpm.compare_variance = False
+    assert model_key(off, ["a"], 1) == model_key(run.cfg, ["a"], 1)
+    assert "full-diff-fixed-sigma" in planned_methods(run.cfg) and "full-diff-fixed-sigma" not in planned_methods(off)
 
 
 def test_two_processes_train_data_parallel_with_identical_weights(tiny_run, tmp_path):

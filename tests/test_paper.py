@@ -38,3 +38,17 @@ def test_smoke_and_course_run_the_learned_sigma_path():
     for profile in ("smoke", "course"):
         cfg = load_config(profile)
         assert cfg.ddpm.variance == "learned_range" and cfg.sampling.start == "noise", profile
+
+
+def test_the_report_states_model_and_repaint_differences_from_paper_py(tmp_path):
+    from polyplib.report import _model_and_sampling_differences
+    from polyplib.runs import open_run
+
+    lines = _model_and_sampling_differences(open_run("paper", [], tmp_path / "paper"))
+    assert "equal to Table A.1" in lines[0] and "equal to Table A.1" in lines[1]
+    assert "pure noise, 960 UNet calls and 760 re-noising steps" in lines[2] and "equal to Table A.2" in lines[2]
+    lines = _model_and_sampling_differences(open_run("paper", [
+        "ddpm.variance=fixed_small", "sampling.start=sdedit", "ddpm.pretrained=/models/converted"], tmp_path / "ab"))
+    assert "converted checkpoints from `/models/converted`" in lines[0] and "not trained in this run" in lines[0]
+    assert "`ddpm.variance` = fixed_small (paper: learned_range)" in lines[1]
+    assert "forward-noised real pair, 600 UNet calls" in lines[3] and "`sampling.start` = sdedit" in lines[3]

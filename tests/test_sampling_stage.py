@@ -198,3 +198,21 @@ def test_missing_models_fail_with_a_clear_error(tmp_path):
     run.path("clusters.csv").unlink()
     with pytest.raises(StageError, match="clusters.csv"):
         sample_all(run)
+
+
+def test_the_variance_ablation_set_is_redrawn_by_its_own_model(tmp_path):
+    """``ddpm.compare_variance``: full-diff-fixed-sigma redraws every source with the full-fixed-sigma model."""
+    import shutil
+
+    from polyplib.sampling import planned_methods, sample_all
+
+    run = make_run(tmp_path, ["ddpm.compare_variance=true", "sampling.samples_per_image=1"])
+    shutil.copytree(run.path("models", "ddpm", "cluster-01"), run.path("models", "ddpm", "full-fixed-sigma"))
+    assert "full-diff-fixed-sigma" in planned_methods(run.cfg)
+    summary = sample_all(run, methods=["full-diff", "full-diff-fixed-sigma"])
+    ablation = pd.read_csv(run.path("synthetic", "full-diff-fixed-sigma", "manifest.csv"), dtype={"id": str})
+    full = pd.read_csv(run.path("synthetic", "full-diff", "manifest.csv"), dtype={"id": str})
+    assert set(ablation["model"]) == {"full-fixed-sigma"} and set(full["model"]) == {"full"}
+    both = ablation.merge(full, on="id", suffixes=("", "_full"))         # accepted in both sets
+    assert len(both) and (both["seed"] == both["seed_full"]).all()      # the same per-pair seeds
+    assert [m["nfe_per_pair"] for m in summary["methods"]] == [full["nfe"].iloc[0]] * 2

@@ -26,7 +26,6 @@ only with ``clustering.features=paper``)::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..data.imageio import file_sha256
 from ..errors import ConfigError
 from .model import IN_CHANNELS, out_channels, scheduler_kwargs, unet_config
 
@@ -275,14 +275,6 @@ def convert_state_dict(gd_state: dict, ddpm, resolution: int, *, source: str = "
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A checkpoint file's state dict (``weights_only``); anything else is a ConfigError naming the file."""
     path = Path(path)
@@ -343,7 +335,7 @@ def convert_checkpoint(path: str | Path, out_dir: str | Path, *, attention=None,
     fields = ("block_out_channels", "layers_per_block", "attention_resolutions", "num_head_channels",
               "scale_shift_norm", "resblock_updown", "dropout", "variance", "num_train_timesteps", "beta_schedule")
     record = {
-        "source": path.name, "source_path": str(path.resolve()), "sha256": _sha256(path),
+        "source": path.name, "source_path": str(path.resolve()), "sha256": file_sha256(path),
         "source_dtypes": sorted({str(t.dtype) for t in state.values()}),
         "flags": dict(image_size=image_size, in_channels=IN_CHANNELS, num_channels=mc, channel_mult=mult,
                       num_res_blocks=ddpm.layers_per_block,

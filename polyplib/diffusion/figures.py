@@ -142,3 +142,41 @@ def mask_values_figure(samples, bins: int = 50):
     ax.set_ylabel("pixels")
     fig.tight_layout()
     return fig
+
+
+def learned_variance_table(folder, x0, steps: int, seed: int = 0, indices: Sequence[int] | None = None) -> pd.DataFrame:
+    """What a model's variance channels chose, step by step on a ``steps``-step respacing.
+
+    The training pairs ``x0`` (N x 4 x H x W in [-1, 1]) are noised to each step and the model's
+    reverse-step noise (standard deviation, mean over pixels and pairs) is set beside the two fixed
+    choices it interpolates between (sqrt of beta-tilde and of beta) and the mean interpolation
+    v' = (v + 1) / 2. An untrained variance head gives the same v' at every step; a trained one
+    moves towards 0 (beta-tilde) where the posterior is narrow. Fixed-sigma models show v' as NaN.
+    """
+    import torch
+
+    from .gaussian import Chain
+    from .model import load_pipeline
+
+    pipe = load_pipeline(folder)
+    config = dict(pipe.scheduler.config)
+    variance = config.get("variance_type", "fixed_small")
+    chain = Chain.from_config(config, steps)
+    n = len(chain)
+    indices = list(indices) if indices is not None else sorted({1, 2, 3, n // 8, n // 4, n // 2, n - 1})
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    with torch.no_grad():
+        for idx in indices:
+            i = chain.indices(idx, len(x0), "cpu")
+            xt = chain.q_sample(x0, i, torch.randn(x0.shape, generator=g))
+            out = pipe.unet(xt, chain.model_timesteps(i)).sample
+            log_var = chain.p_mean_variance(out, xt, i, variance)["log_variance"]
+            frac = ((out[:, 4:] + 1) / 2).mean().item() if variance == "learned_range" else float("nan")
+            rows.append({"step": idx, "t": int(chain.timesteps[idx]), "v_interpolation": round(frac, 3),
+                         "noise_std_model": float(torch.exp(0.5 * log_var).mean()),
+                         "noise_std_posterior": float(np.exp(0.5 * chain.posterior_log_variance[idx])),
+                         "noise_std_beta": float(np.sqrt(chain.betas[idx]))})
+    table = pd.DataFrame(rows)
+    table["model_over_posterior"] = (table["noise_std_model"] / table["noise_std_posterior"]).round(2)
+    return table

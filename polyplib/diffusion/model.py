@@ -95,6 +95,12 @@ def build_scheduler(ddpm):
     return DDPMScheduler(**scheduler_kwargs(ddpm.num_train_timesteps, ddpm.beta_schedule, ddpm.variance))
 
 
+def variance_ablation(ddpm) -> tuple[str, str]:
+    """(model name, variance) of the ``ddpm.compare_variance`` model: the Full model with the other variance."""
+    other = "fixed_small" if ddpm.variance == "learned_range" else "learned_range"
+    return ("full-fixed-sigma" if other == "fixed_small" else "full-learned-sigma"), other
+
+
 def models_root(run) -> Path:
     """The folder holding this run's DDPMs: ``models/ddpm``, or ``ddpm.pretrained`` (converted models)."""
     if run.cfg.ddpm.pretrained:

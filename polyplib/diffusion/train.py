@@ -77,11 +77,11 @@ from ..training import (checkpoints, config_key, cpu_has_bf16, fresh_accelerator
                         usable_checkpoints, weights_digest, write_provenance)
 from .dataset import PairDataset
 from .gaussian import Chain
-from .model import build_scheduler, build_unet, model_dir, models_root
+from .model import build_scheduler, build_unet, model_dir, models_root, variance_ablation
 
 # ddpm.* values that do not change the trained weights (so they are left out of the model key)
 BOOKKEEPING = ("checkpoint_every", "checkpoints_total_limit", "sample_every", "sample_steps",
-               "keep_checkpoints", "train_clusters", "train_full", "pretrained")
+               "keep_checkpoints", "train_clusters", "train_full", "pretrained", "compare_variance")
 LOSS_COLUMNS = "step,loss,mse,ema_decay,lr,images,elapsed_s\n"   # loss = mse (+ vb with learned sigma)
 GRID_SAMPLES = 8
 
@@ -382,7 +382,19 @@ def planned_models(run: Run, clusters: pd.DataFrame) -> list[tuple[str, list[str
             models.append((cluster_name(c), group["id"].tolist()))
     if run.cfg.ddpm.train_full:
         models.append(("full", ids))
+    if run.cfg.ddpm.compare_variance and not run.cfg.ddpm.pretrained:
+        models.append((variance_ablation(run.cfg.ddpm)[0], ids))
     return models
+
+
+def model_config(run: Run, name: str) -> StudyConfig:
+    """The configuration model ``name`` trains with: the run's, with the other variance for the ablation."""
+    ablation, variance = variance_ablation(run.cfg.ddpm)
+    if name != ablation:
+        return run.cfg
+    cfg = run.cfg.model_copy(deep=True)
+    cfg.ddpm.variance = variance
+    return cfg
 
 
 def train_one(run: Run, name: str, force: bool = False, stop_after: int | None = None) -> TrainResult:
@@ -397,7 +409,8 @@ def train_one(run: Run, name: str, force: bool = False, stop_after: int | None =
     wanted = dict(planned_models(run, clusters)) | {"full": clusters["id"].tolist()}
     if name not in wanted:
         raise StageError(f"unknown model '{name}'; this run has: {', '.join(sorted(wanted))}")
-    return Trainer(run.cfg, load_dataset(run), wanted[name], model_dir(run, name), name).run(force, stop_after)
+    return Trainer(model_config(run, name), load_dataset(run), wanted[name], model_dir(run, name), name).run(
+        force, stop_after)
 
 
 def pretrained_model(run: Run, name: str, ids: Sequence[str]) -> TrainResult:

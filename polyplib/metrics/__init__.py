@@ -36,7 +36,9 @@ __all__ = ["evaluate", "load_tables", "discover_sets", "SetInfo", "locate_fid_he
 
 #: Methods in the paper's table order (folders under synthetic/), with their display names.
 METHOD_LABELS = {"singan": "SinGAN-Seg", "gan": "4-channel GAN", "diff": "Diff", "full-diff": "Full-Diff",
-                 "styled-diff": "Styled-Diff", "styled-full-diff": "Full-Styled-Diff"}
+                 "styled-diff": "Styled-Diff", "styled-full-diff": "Full-Styled-Diff",
+                 "full-diff-fixed-sigma": "Full-Diff, fixed sigma (ablation)",
+                 "full-diff-learned-sigma": "Full-Diff, learned sigma (ablation)"}
 UNCOND = re.compile(r"^uncond-(?P<sampler>.+)-(?P<steps>\d+)$")
 RESIZE_SHORT = "stored size -> 299 px (torch-fidelity TF1 bilinear)"
 KID_SUBSETS = 100

@@ -5,6 +5,8 @@ Methods, each a folder ``runs/<profile>/synthetic/<method>/`` laid out like prep
 
 - ``diff``: every training image redrawn by RePaint with the DDPM of its own cluster;
 - ``full-diff``: the same with the Full model (``sampling.model: full``, or ``sampling.also_full``);
+- ``full-diff-fixed-sigma`` (or ``-learned-sigma``): the same with the Full model trained with the
+  other variance (``ddpm.compare_variance``), for the learned-vs-fixed sigma comparison;
 - ``styled-<m>``: the accepted pairs of ``<m>``, colours matched to their source (``sampling.style``);
 - ``uncond-<sampler>-<steps>``: pairs drawn from scratch with DDPM / DDIM / DPM-Solver++.
 
@@ -24,7 +26,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..diffusion.model import model_dir, models_root
+from ..diffusion.model import model_dir, models_root, variance_ablation
 from ..errors import StageError
 from ..runs import Run, atomic_write_json
 from .postprocess import PostProcess, clean_mask, dilate, judge, scaled_px
@@ -37,7 +39,9 @@ from ..training import resolve_device, torch_threads
 __all__ = ["sample_all", "regenerate", "verify_regeneration", "planned_methods", "load_synthetic", "load_summary",
            "summary_table", "sampler_study", "rejection_table", "synthetic_dir"]
 
-REPAINT_MODELS = {"diff": "cluster", "full-diff": "full"}
+#: RePaint methods and the model that redraws each source ("cluster": the source's own cluster model)
+REPAINT_MODELS = {"diff": "cluster", "full-diff": "full",
+                  "full-diff-fixed-sigma": "full-fixed-sigma", "full-diff-learned-sigma": "full-learned-sigma"}
 
 
 # ----------------------------------------------------------------------------- planning
@@ -46,6 +50,8 @@ def planned_methods(cfg) -> list[str]:
     s = cfg.sampling
     base = ["full-diff"] if s.model == "full" else ["diff"] + (["full-diff"] if s.also_full else [])
     styled = [f"styled-{m}" for m in base] if s.style != "none" else []
+    if cfg.ddpm.compare_variance and not cfg.ddpm.pretrained:   # the Full model with the other variance
+        base = base + [f"full-diff-{variance_ablation(cfg.ddpm)[0][len('full-'):]}"]
     uncond = [f"uncond-{smp}-{n}" for smp in dict.fromkeys(s.unconditional_samplers)
               for n in dict.fromkeys(s.unconditional_steps)] if s.n_unconditional > 0 else []
     return base + styled + uncond
@@ -150,7 +156,7 @@ def _repaint_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
             continue
         if per_cluster and sid not in clusters:
             raise StageError(f"{ctx.run.path('clusters.csv')}: training image '{sid}' has no cluster")
-        model = f"cluster-{clusters[sid]:02d}" if per_cluster else "full"
+        model = f"cluster-{clusters[sid]:02d}" if per_cluster else REPAINT_MODELS[method]
         for k in range(s.samples_per_image):
             jobs.setdefault(model, []).append({
                 "id": f"{ctx.files[sid]}_s{k}", "file": f"{ctx.files[sid]}_s{k}", "source_id": sid,

@@ -35,11 +35,13 @@ def make_scheduler(sampler: str, scheduler_config: dict):
     """A diffusers scheduler for a deterministic fast ``sampler``, built from the model's scheduler config.
 
     These samplers need only the noise prediction: the learned variance is dropped from the
-    config (the UNet's extra channels are sliced off before each step, see ``epsilon``).
+    config (the UNet's extra channels are sliced off before each step, see ``epsilon``). So is
+    the model's ``timestep_spacing`` (guided-diffusion's "linspace", for ancestral sampling):
+    diffusers' DDIM steps assume its own default spacing.
     """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    config = {k: v for k, v in dict(scheduler_config).items() if k != "variance_type"}
+    config = {k: v for k, v in dict(scheduler_config).items() if k not in ("variance_type", "timestep_spacing")}
     if sampler == "ddim":
         return DDIMScheduler.from_config(config)
     if sampler == "dpm++":
