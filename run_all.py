@@ -93,7 +93,7 @@ class StageFailed(RuntimeError):
 def copy_figures(run: Run, dest: Path) -> int:
     """Copy the run's final figures (PNG and SVG) to ``dest`` (figures/<profile>/ by default)."""
     source = run.path("figures")
-    if not source.is_dir():
+    if not source.is_dir() or dest.resolve() == source.resolve():   # --figures-dir may be the run's own folder
         return 0
     dest.mkdir(parents=True, exist_ok=True)
     n = 0

@@ -37,7 +37,7 @@ SETS = {"learned_range": ("full", "full-diff"), "fixed_small": ("full-fixed-sigm
 def run_study(profile: str, folder: Path, extra: list[str]) -> float:
     sets = [f"--set={o}" for o in COMMON + ["ddpm.variance=learned_range"] + extra]
     cmd = [sys.executable, str(ROOT / "run_all.py"), "--profile", profile, "--run-dir", str(folder),
-           "--figures-dir", str(folder / "figures"), *sets] + [a for s in ("01", "02", "03", "04") for a in ("--only", s)]
+           "--figures-dir", str(folder.parent / f"{folder.name}-figures"), *sets] + [a for s in ("01", "02", "03", "04") for a in ("--only", s)]
     print(" ".join(cmd), flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)

@@ -1,7 +1,8 @@
 """Run every benchmark and write one record: ``results/summary.json`` and ``results/SUMMARY.md``.
 
     python benchmarks/run_benchmarks.py                 # all quick ones (about 15 min on 2 cores)
-    python benchmarks/run_benchmarks.py --with-study    # also the whole smoke and course studies (+50 min)
+    python benchmarks/run_benchmarks.py --with-study    # also the whole smoke and course studies and the
+                                                        # learned-vs-fixed sigma comparison (+80 min)
     python benchmarks/run_benchmarks.py --only ddpm_train metrics
 
 Each benchmark is its own script (run on its own too) and writes ``results/<name>.json``; this runner
@@ -21,7 +22,7 @@ from record import RESULTS, machine, write_record
 
 HERE = Path(__file__).resolve().parent
 QUICK = ["phantom", "ddpm_train", "sampling", "metrics", "segmentation"]
-STUDY = ["study_smoke", "study_course"]
+STUDY = ["study_smoke", "study_course", "variance"]
 
 
 def _command(name: str) -> list[str]:
@@ -54,6 +55,10 @@ def headline(name: str, rec: dict) -> list[str]:
         r = rec.get("results", {})
         return [f"segmentation training images/s {r.get('images_per_s')}; ratio vs plain smp loop "
                 f"{r.get('ratio_polyplib_none_to_plain')} (no augmentation), {r.get('ratio_polyplib_control_to_plain')} (Control)"]
+    if name == "variance":
+        return [f"{r['variance']}: {r.get('method')} FID {r['fid']:.1f}, KID {r['kid']:.4f}, n = {r['n_images']}"
+                + (f", {r['nfe_per_pair']:.0f} UNet calls and {r['seconds_per_pair']} s per pair, {r['accepted']} of "
+                   f"{r['pairs']} pairs accepted" if "nfe_per_pair" in r else "") for r in rec.get("rows", [])]
     if name.startswith("study_"):
         return [f"{rec['benchmark']}: {rec['wall_min']} min, peak RSS {rec['peak_rss_mib_largest_process']} MiB; "
                 + ", ".join(f"{s['stage']} {s['seconds'] / 60:.1f} min" for s in rec.get("stages", []))]
@@ -63,7 +68,8 @@ def headline(name: str, rec: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", default=None, help=f"names among {QUICK + STUDY}")
-    ap.add_argument("--with-study", action="store_true", help="also time the whole smoke and course studies")
+    ap.add_argument("--with-study", action="store_true", help="also time the whole smoke and course studies and "
+                    "run the learned-vs-fixed sigma comparison")
     ap.add_argument("--collect-only", action="store_true", help="rerun nothing; summarise the records there are")
     args = ap.parse_args(argv)
     names = args.only or (QUICK + (STUDY if args.with_study else []))

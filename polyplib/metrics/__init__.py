@@ -39,6 +39,7 @@ METHOD_LABELS = {"singan": "SinGAN-Seg", "gan": "4-channel GAN", "diff": "Diff",
                  "styled-diff": "Styled-Diff", "styled-full-diff": "Full-Styled-Diff",
                  "full-diff-fixed-sigma": "Full-Diff, fixed sigma (ablation)",
                  "full-diff-learned-sigma": "Full-Diff, learned sigma (ablation)"}
+ABLATIONS = ("full-diff-fixed-sigma", "full-diff-learned-sigma")   # listed only when the run plans one
 UNCOND = re.compile(r"^uncond-(?P<sampler>.+)-(?P<steps>\d+)$")
 RESIZE_SHORT = "stored size -> 299 px (torch-fidelity TF1 bilinear)"
 KID_SUBSETS = 100
@@ -258,10 +259,14 @@ TABLES = ("04_fid", "04_fid_steps", "04_msssim", "04_review_kit")
 
 
 def _expected(run: Run) -> list[str]:
+    """The paper's sets (absent ones are listed as absent), this run's variance ablation, its unconditional sets."""
+    from ..sampling import planned_methods
+
     s = run.cfg.sampling
     uncond = [f"uncond-{smp}-{n}" for smp in dict.fromkeys(s.unconditional_samplers)
               for n in dict.fromkeys(s.unconditional_steps)] if s.n_unconditional > 0 else []
-    return list(METHOD_LABELS) + uncond
+    ablation = [m for m in planned_methods(run.cfg) if m in ABLATIONS]
+    return [m for m in METHOD_LABELS if m not in ABLATIONS] + ablation + uncond
 
 
 def _compute(run: Run) -> dict[str, pd.DataFrame]:

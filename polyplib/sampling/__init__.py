@@ -50,8 +50,8 @@ def planned_methods(cfg) -> list[str]:
     s = cfg.sampling
     base = ["full-diff"] if s.model == "full" else ["diff"] + (["full-diff"] if s.also_full else [])
     styled = [f"styled-{m}" for m in base] if s.style != "none" else []
-    if cfg.ddpm.compare_variance and not cfg.ddpm.pretrained:   # the Full model with the other variance
-        base = base + [f"full-diff-{variance_ablation(cfg.ddpm)[0][len('full-'):]}"]
+    if cfg.ddpm.compare_variance and not cfg.ddpm.pretrained:   # both Full models, the same seeds: compared in 04
+        base = base + ["full-diff"] * ("full-diff" not in base) + [f"full-diff-{variance_ablation(cfg.ddpm)[0][5:]}"]
     uncond = [f"uncond-{smp}-{n}" for smp in dict.fromkeys(s.unconditional_samplers)
               for n in dict.fromkeys(s.unconditional_steps)] if s.n_unconditional > 0 else []
     return base + styled + uncond
