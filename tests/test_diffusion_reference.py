@@ -126,3 +126,8 @@ def test_saved_scheduler_takes_the_same_step_in_diffusers():
         z = randn_tensor(xt.shape, generator=torch.Generator().manual_seed(7), dtype=xt.dtype)
         got, _ = chain.p_sample(out, xt, chain.indices(step, 2, "cpu"), z, "learned_range")
         assert (got - got_diffusers).abs().max() < 1e-4, step     # diffusers keeps its tables in float32
+
+
+def test_a_model_that_does_not_predict_epsilon_is_refused():
+    with pytest.raises(ValueError, match="v_prediction"):
+        Chain.from_config({**scheduler_kwargs(1000, "linear", "fixed_small"), "prediction_type": "v_prediction"}, 200)

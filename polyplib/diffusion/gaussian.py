@@ -97,7 +97,14 @@ class Chain:
 
     @classmethod
     def from_config(cls, scheduler_config: dict, steps: int | None = None) -> "Chain":
-        """The full chain of a saved model (``steps=None``) or its respacing to ``steps`` steps."""
+        """The full chain of a saved model (``steps=None``) or its respacing to ``steps`` steps.
+
+        The chain reads the UNet's output as epsilon (and v): a model saved with another
+        ``prediction_type`` would be sampled wrongly, so it is refused here."""
+        prediction = scheduler_config.get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise ValueError(f"the model predicts {prediction!r}; polyplib's chain (training, ancestral sampling, "
+                             "RePaint) needs an epsilon-predicting model, as the authors'")
         betas = base_betas(scheduler_config)
         if steps is None or steps == len(betas):
             return cls(betas)
