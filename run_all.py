@@ -25,6 +25,7 @@ from polyplib.config import load_config, profiles  # noqa: E402
 from polyplib.errors import ConfigError, PolypError  # noqa: E402
 from polyplib.runs import PROJECT_ROOT, Run, atomic_write_json, device_info, git_state, package_versions  # noqa: E402
 from polyplib.report import write_report  # noqa: E402
+from polyplib.sampling.feature_nets import missing_reason  # noqa: E402
 from polyplib.stages import STAGES, Stage  # noqa: E402
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -152,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         "config": cfg.to_dict(), "stages": [],
     }
     rows, code = [], 0
+    if any(s.id == "03" for s in selected) and cfg.sampling.style.guided:
+        reason = missing_reason(cfg.sampling.style)
+        if reason:   # said once, up front: the run goes on without the set, nothing is made under its name
+            print(f"note: Styled-Diff will be reported absent: {reason}", flush=True)
     for stage in selected:
         state = run.stage(stage.id)
         before = state.read_marker() if state.is_done() else None

@@ -22,7 +22,7 @@ from record import RESULTS, machine, write_record
 
 HERE = Path(__file__).resolve().parent
 QUICK = ["phantom", "ddpm_train", "sampling", "metrics", "segmentation"]
-STUDY = ["study_smoke", "study_course", "variance"]
+STUDY = ["study_smoke", "study_course", "variance", "style"]
 
 
 def _command(name: str) -> list[str]:
@@ -59,6 +59,11 @@ def headline(name: str, rec: dict) -> list[str]:
         return [f"{r['variance']}: {r.get('method')} FID {r['fid']:.1f}, KID {r['kid']:.4f}, n = {r['n_images']}"
                 + (f", {r['nfe_per_pair']:.0f} UNet calls and {r['seconds_per_pair']} s per pair, {r['accepted']} of "
                    f"{r['pairs']} pairs accepted" if "nfe_per_pair" in r else "") for r in rec.get("rows", [])]
+    if name == "style":
+        return [f"Styled-Diff guided pass at {r['resolution']} px: {r['seconds_per_pair']} s per styled pair "
+                f"({r['seconds_per_step']} s per guided step x {rec['paper_guided_steps']}"
+                f"{', extrapolated from %d steps' % r['guided_steps_measured'] if r['extrapolated'] else ''}; "
+                "random weights, cost only)" for r in rec.get("results", [])]
     if name.startswith("study_"):
         return [f"{rec['benchmark']}: {rec['wall_min']} min, peak RSS {rec['peak_rss_mib_largest_process']} MiB; "
                 + ", ".join(f"{s['stage']} {s['seconds'] / 60:.1f} min" for s in rec.get("stages", []))]
@@ -68,8 +73,8 @@ def headline(name: str, rec: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", default=None, help=f"names among {QUICK + STUDY}")
-    ap.add_argument("--with-study", action="store_true", help="also time the whole smoke and course studies and "
-                    "run the learned-vs-fixed sigma comparison")
+    ap.add_argument("--with-study", action="store_true", help="also time the whole smoke and course studies, "
+                    "run the learned-vs-fixed sigma comparison and time the Styled-Diff pass")
     ap.add_argument("--collect-only", action="store_true", help="rerun nothing; summarise the records there are")
     args = ap.parse_args(argv)
     names = args.only or (QUICK + (STUDY if args.with_study else []))

@@ -144,6 +144,41 @@ class DDPMSection(Section):
         return "no" if value is False else value
 
 
+class StyleSection(Section):
+    """Styling of each inpainted pair toward its source image (the paper's Styled-Diff, draft Table A.3).
+
+    ``styled-<m>``: the authors' diffusion-guided style transfer (a second, guided pass of the same
+    DDPM), then MKL colour matching. ``mkl-<m>``: colour matching alone, a cheap comparison set."""
+
+    guided: bool = Field(True, description="make styled-diff (and full-styled-diff): guided style transfer, then "
+                         "colour matching; needs vgg_weights and dino_weights (else reported absent)")
+    mkl_only: bool = Field(True, description="also make mkl-diff (and mkl-full-diff): colour matching alone")
+    colour_match: bool = Field(True, description="MKL colour matching after the guided pass (the authors' "
+                               "--use_colormatch)")
+    keep_context: bool = Field(False, description="put the real frame and mask back outside the dilated mask after "
+                               "styling (false: the whole frame is restyled, as the authors' pass does)")
+    steps: int = Field(200, ge=2, description="respaced steps of the style pass (style_timestep_respacing)")
+    skip_steps: int = Field(80, ge=0, description="style_skip_timesteps: the pass starts at step steps-1-skip_steps")
+    lambda_zecon: float = Field(500.0, ge=0, description="ZeCon patch contrastive loss on the DDPM's own encoder")
+    lambda_vgg: float = Field(100.0, ge=0, description="VGG-19 conv1_1 + conv2_1 feature MSE to the inpainted pair")
+    lambda_mse: float = Field(5000.0, ge=0, description="content MSE to the (noise-mixed) inpainted pair")
+    lambda_dino: float = Field(10000.0, ge=0, description="DINO-ViT style: [CLS] token MSE to the source image")
+    lambda_l2: float = Field(10000.0, ge=0, description="pixel MSE to the source image")
+    lambda_divergence: float = Field(40000.0, ge=0, description="semantic divergence from the previous step's "
+                                     "[CLS] token, while the step index is above divergence_above")
+    lambda_range: float = Field(200.0, ge=0, description="penalty on x0 predictions outside [-1, 1]")
+    divergence_above: int = Field(50, ge=0, description="the authors' diff_iter")
+    zecon_patches: int = Field(256, ge=1, description="patches per feature map in the ZeCon loss")
+    dino_model: str = Field("vit_base_patch8_224.dino", description="timm name of the DINO ViT (the authors': "
+                            "dino_vitb8 via Splicing-ViT's extractor)")
+    vgg_weights: str | None = Field(None, description="torchvision VGG-19 ImageNet state dict "
+                                    "(e.g. vgg19-dcbb9e9d.pth)")
+    dino_weights: str | None = Field(None, description="DINO ViT state dict for dino_model (timm or the DINO release, "
+                                     "e.g. dino_vitbase8_pretrain.pth)")
+    download: bool = Field(False, description="let torchvision / timm fetch missing weights into their usual "
+                           "caches (needs internet)")
+
+
 class SamplingSection(Section):
     """Stage 03: synthetic labelled pairs by RePaint joint inpainting (the paper) or unconditional sampling."""
 
@@ -162,7 +197,7 @@ class SamplingSection(Section):
     min_component_fraction: float = Field(0.001, ge=0, lt=1, description="specks smaller than this share of the frame are removed")
     max_coverage: float = Field(0.95, gt=0, le=1, description="a synthetic mask covering more of the frame than this is rejected")
     also_full: bool = Field(False, description="also redraw every source with the Full model (method full-diff) when model is cluster")
-    style: Literal["none", "mkl"] = Field("mkl", description="colour styling of each synthetic image to its source")
+    style: StyleSection = Field(default_factory=StyleSection)
     unconditional_samplers: list[Literal["ddpm", "ddim", "dpm++"]] = Field(default_factory=lambda: ["ddpm", "ddim", "dpm++"])
     unconditional_steps: list[int] = Field(default_factory=lambda: [1000, 100, 25])
     n_unconditional: int = Field(16, ge=0, description="unconditional pairs per sampler and step count")
@@ -367,6 +402,8 @@ def _allowed_values(key: str) -> str:
     if field is None:
         return ""
     ann = field.annotation
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return f"a section with keys {', '.join(ann.model_fields)} (e.g. --set {key}.{next(iter(ann.model_fields))}=...)"
     if get_origin(ann) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(ann))
     return getattr(ann, "__name__", str(ann)).replace("typing.", "")

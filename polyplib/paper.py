@@ -57,11 +57,33 @@ SAMPLING: dict[str, Fact] = {
     "sampling.samples_per_image": Fact(3, "draft, Methods: 3 samples per real image"),
 }
 
+A3 = "draft Table A.3 / diffuse-gen optimization/arguments.py (defaults) and image_editor.py"
+
+# Table A.3: Styled-Diff, the guided style transfer after inpainting, then colour matching
+STYLE: dict[str, Fact] = {
+    "sampling.style.guided": Fact(True, "draft, Methods: Styled-Diff = guided style transfer, then colour matching"),
+    "sampling.style.colour_match": Fact(True, f"{A3}: --use_colormatch, color-matcher method 'mkl'"),
+    "sampling.style.keep_context": Fact(False, f"{A3}: the style pass runs with inpainting=False (the whole frame)"),
+    "sampling.style.steps": Fact(200, f"{A3}: style_timestep_respacing 200"),
+    "sampling.style.skip_steps": Fact(80, f"{A3}: style_skip_timesteps 80 (120 guided steps)"),
+    "sampling.style.lambda_zecon": Fact(500.0, f"{A3}: lambda_zecon 500"),
+    "sampling.style.lambda_vgg": Fact(100.0, f"{A3}: lambda_vgg 100 (conv1_1 + conv2_1)"),
+    "sampling.style.lambda_mse": Fact(5000.0, f"{A3}: lambda_mse 5000"),
+    "sampling.style.lambda_dino": Fact(10000.0, f"{A3}: lambda_trg 10000 (DINO [CLS] style)"),
+    "sampling.style.lambda_l2": Fact(10000.0, f"{A3}: l2_trg_lambda 10000"),
+    "sampling.style.lambda_divergence": Fact(40000.0, f"{A3}: lambda_dir_cls 40000 (semantic divergence)"),
+    "sampling.style.lambda_range": Fact(200.0, f"{A3}: range_lambda 200"),
+    "sampling.style.divergence_above": Fact(50, f"{A3}: diff_iter 50"),
+    "sampling.style.zecon_patches": Fact(256, "diffuse-gen optimization/losses.py: zecon_loss_direct num_patches 256"),
+    "sampling.style.dino_model": Fact("vit_base_patch8_224.dino", "DiffuseIT model_vit/config.yaml: dino_vitb8 at "
+                                      "224 px (the extractor the authors' Loss_vit uses)"),
+}
+
 # Consequences of Table A.2, stated separately so that a test can check the code reproduces them
 REPAINT_CALLS_PER_PAIR = Fact(960, f"{A2}: get_schedule_jump(t_T=200, n_sample=1, jump_length=10, jump_n_sample=5)")
 REPAINT_RENOISE_STEPS_PER_PAIR = Fact(760, f"{A2}: the same schedule's upward steps")
 
-SETTINGS: dict[str, Fact] = {**DDPM, **SAMPLING}
+SETTINGS: dict[str, Fact] = {**DDPM, **SAMPLING, **STYLE}
 
 
 def differences(cfg, keys: dict[str, Fact] = SETTINGS) -> list[tuple[str, Any, Any, str]]:

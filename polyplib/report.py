@@ -153,7 +153,28 @@ def _model_and_sampling_differences(run: Run) -> list[str]:
                f"{calls} UNet calls and {renoise} re-noising steps per pair (the authors: "
                f"{paper.REPAINT_CALLS_PER_PAIR.value} and {paper.REPAINT_RENOISE_STEPS_PER_PAIR.value}); "
                + ("every setting equal to Table A.2." if not found else _setting_list(found) + "."))
+    out.append(_styling_difference(run))
     return out
+
+
+def _styling_difference(run: Run) -> str:
+    """Styled-Diff (Table A.3): made as the authors made it, made differently, or absent and why."""
+    from . import paper
+    from .sampling import absent_methods
+
+    st = run.cfg.sampling.style
+    absent = absent_methods(run)
+    extra = " `mkl-diff` (colour matching alone) is an extra set, not a paper method." if st.mkl_only else ""
+    if not st.guided:
+        return ("**Styling:** no Styled-Diff in this run (`sampling.style.guided=false`); the paper's Styled-Diff "
+                "is a guided style transfer, then MKL colour matching." + extra)
+    if "styled-diff" in absent or "full-styled-diff" in absent:
+        return f"**Styling:** Styled-Diff absent: {next(iter(absent.values()))}. Nothing is reported under its name." \
+            + extra
+    found = paper.differences(run.cfg, paper.STYLE)
+    return ("**Styling:** Styled-Diff by the authors' guided style transfer, then MKL colour matching; "
+            + (f"every setting equal to Table A.3 ({len(paper.STYLE)} settings)." if not found
+               else _setting_list(found) + ".") + extra)
 
 
 def _meta(run: Run) -> dict:

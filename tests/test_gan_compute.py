@@ -44,6 +44,7 @@ def run(tmp_path):
                                                   "cuda_available": False}})
     _write(run.path("synthetic", "summary.json"), {"device": "cpu", "methods": [
         {"method": "diff", "pairs": 10, "nfe_per_pair": 50.0, "seconds_per_pair": 2.0},
+        {"method": "mkl-diff", "pairs": 10, "nfe_per_pair": 0.0, "seconds_per_pair": 0.003},
         {"method": "styled-diff", "pairs": 10, "nfe_per_pair": 0.0, "seconds_per_pair": 0.01},
         {"method": "uncond-ddim-4", "pairs": 3, "nfe_per_pair": 4.0, "seconds_per_pair": 0.5}]})
     _write(run.path("models", "gan", "train_state.json"), {
@@ -88,7 +89,7 @@ def test_accounting_arithmetic_and_labels(run):
 
     paper = load_config("paper")
     table = compute_table(run, paper).set_index("item")
-    assert list(table.index) == ["ddpm-cluster", "ddpm-full", "gan", "singan", "diff", "styled-diff",
+    assert list(table.index) == ["ddpm-cluster", "ddpm-full", "gan", "singan", "diff", "mkl-diff", "styled-diff",
                                  "gan-sample", "singan-sample"]               # unconditional sets are not a method here
     c = table.loc["ddpm-cluster"]
     assert c["models"] == 2 and c["measured_s"] == pytest.approx(31.0)
@@ -111,6 +112,8 @@ def test_accounting_arithmetic_and_labels(run):
     assert d["measured_s"] == pytest.approx(20.0) and d["s_per_unit"] == pytest.approx(20.0 / 500)
     assert d["extrapolated_s"] == pytest.approx(20.0 / 500 * nfe * 348 * 3)
     assert table.loc["styled-diff", "extrapolated_s"] == pytest.approx(0.01 * 348 * 3)
+    assert "A6000" in table.loc["styled-diff", "paper_reported"]
+    assert table.loc["mkl-diff", "paper_reported"] == "" and "not a paper step" in table.loc["mkl-diff", "note"]
     assert table.loc["singan-sample", "extrapolated_s"] == pytest.approx(0.1 * 10_000)
     assert table.loc["gan-sample", "device"] == "cpu (gan)"
     assert table["basis"].str.contains("extrapolated").all() and table["basis"].str.contains("ignores GPU").all()
@@ -131,6 +134,9 @@ def _metrics():
         {"method": "styled-diff", "label": "Styled-Diff", "status": "ok", "n_sets": 3, "n_images": "10/10/10",
          "fid_mean": 90.0, "fid_sd": 5.0, "kid_mean": 0.06, "computed_in": "stage 04 (results/04_fid.csv)",
          "note": ""},
+        {"method": "mkl-diff", "label": "Diff + colour match (MKL only)", "status": "ok", "n_sets": 3,
+         "n_images": "10/10/10", "fid_mean": 85.0, "fid_sd": 5.0, "kid_mean": 0.055,
+         "computed_in": "stage 04 (results/04_fid.csv)", "note": ""},
         {"method": "full-diff", "label": "Full-Diff", "status": "absent", "n_sets": 0, "note": "no folder"}])
     ms = pd.DataFrame([{"method": m, "msssim_mean": v, "msssim_sd": 0.01} for m, v in
                        (("real", 0.15), ("gan", 0.4), ("singan", 0.5), ("diff", 0.2), ("styled-diff", 0.21))])
@@ -144,7 +150,7 @@ def test_comparison_table_is_this_runs_numbers_with_paper_columns_apart(run):
     fid, ms = _metrics()
     table = comparison_table(fid, ms, compute_table(run)).set_index("method")
     assert list(table.index) == ["real", "real-test", "singan", "singan-published", "gan", "diff", "full-diff",
-                                 "styled-diff", "styled-full-diff"]
+                                 "mkl-diff", "mkl-full-diff", "styled-diff", "full-styled-diff"]
     # this run's numbers, unchanged
     assert table.loc["gan", "fid_mean"] == 150.0 and np.isnan(table.loc["gan", "fid_sd"])
     assert table.loc["gan", "fid (mean ± sd)"] == "150.0 (one set)"
@@ -165,15 +171,18 @@ def test_comparison_table_is_this_runs_numbers_with_paper_columns_apart(run):
     assert table.loc["diff", "paper_scale_h_extrapolated"] > table.loc["diff", "train_s_measured"] / 3600
     assert "[ddpm-cluster]" in table.loc["diff", "extrapolation"] and "[diff]" in table.loc["diff", "extrapolation"]
     # absent sets stay absent: no number of the paper leaks into this run's columns
-    for method in ("full-diff", "styled-full-diff", "singan-published", "real-test"):
+    for method in ("full-diff", "full-styled-diff", "singan-published", "real-test"):
         assert np.isnan(table.loc[method, "fid_mean"]) and table.loc[method, "fid (mean ± sd)"] == ""
-    assert table.loc["full-diff", "status"] == "absent" and table.loc["styled-full-diff", "status"] == "absent"
+    assert table.loc["full-diff", "status"] == "absent" and table.loc["full-styled-diff", "status"] == "absent"
     assert np.isnan(table.loc["singan-published", "train_s_measured"])
     # the paper's numbers only in the columns labelled as the paper's
     paper_cols = [c for c in table.columns if "paper" in c and "extrapolated" not in c]
     assert paper_cols == ["fid_paper_reference", "msssim_paper_reference"]
     assert table.loc["diff", "fid_paper_reference"] == 37.2
-    assert table.loc["styled-full-diff", "fid_paper_reference"] == 60.0
+    assert table.loc["full-styled-diff", "fid_paper_reference"] == 60.0
+    assert table.loc["mkl-diff", "fid_mean"] == 85.0          # colour matching alone is not the paper's Styled-Diff:
+    assert np.isnan(table.loc["mkl-diff", "fid_paper_reference"])               # no paper value beside it
+    assert np.isnan(table.loc["mkl-diff", "msssim_paper_reference"])
     assert table.loc["singan", "fid_paper_reference"] == 118.4 and np.isnan(table.loc["gan", "fid_paper_reference"])
     assert not (table["fid_mean"].dropna().isin([37.2, 40.5, 66.0, 60.0, 118.4])).any()
 

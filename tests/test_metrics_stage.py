@@ -88,7 +88,7 @@ def tables(run):
 def test_fid_table_reports_every_method_and_the_real_reference(tables):
     fid = tables["04_fid"].set_index("method")
     assert list(fid.index[:2]) == ["real-halves", "real-test"]
-    for absent in ("singan", "gan", "full-diff", "styled-full-diff"):
+    for absent in ("singan", "gan", "full-diff", "full-styled-diff"):
         assert fid.loc[absent, "status"] == "absent" and np.isnan(fid.loc[absent, "fid_mean"])
     diff, styled = fid.loc["diff"], fid.loc["styled-diff"]
     assert diff["status"] == styled["status"] == "ok"

@@ -1,5 +1,6 @@
 """Stage 03 end to end on tiny random models: same seed -> same bytes, resume after a kill,
 exact regeneration, the real frame kept outside the dilated mask, a set PreparedSet reads."""
+import functools
 import shutil
 from pathlib import Path
 
@@ -16,8 +17,27 @@ OVERRIDES = [
     "sampling.steps=10", "sampling.skip_steps=2", "sampling.jump_length=2", "sampling.jump_n_sample=2",
     "sampling.samples_per_image=2", "sampling.batch_size=4", "sampling.also_full=true",
     "sampling.unconditional_samplers=[ddim, dpm++]", "sampling.unconditional_steps=[4]",
-    "sampling.n_unconditional=3",
+    "sampling.n_unconditional=3", "sampling.style.steps=6", "sampling.style.skip_steps=2",
 ]
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_random_style_weights() -> tuple[str, ...]:
+    """Overrides naming feature-network files with RANDOM weights (VGG-19 features, a ViT-Tiny/16 as the
+    'DINO' model): they let the guided Styled-Diff pass run through the stage here; never real results."""
+    import tempfile
+
+    import timm
+
+    from polyplib.sampling.feature_nets import vgg_features
+
+    folder = Path(tempfile.mkdtemp(prefix="tiny-random-style-"))
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in vgg_features(full=True).state_dict().items()}, folder / "vgg.pth")
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0).state_dict(),
+               folder / "vit.pth")
+    return (f"sampling.style.vgg_weights={folder / 'vgg.pth'}", f"sampling.style.dino_weights={folder / 'vit.pth'}",
+            "sampling.style.dino_model=vit_tiny_patch16_224")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,7 +64,7 @@ def make_run(folder: Path, extra=()):
     from polyplib.data.prepared import load_dataset
     from polyplib.runs import open_run
 
-    run = open_run("smoke", OVERRIDES + list(extra), folder)
+    run = open_run("smoke", OVERRIDES + list(tiny_random_style_weights()) + list(extra), folder)
     prepare_data(run)
     ids = load_dataset(run).ids("train")
     pd.DataFrame({"id": ids, "cluster": [i % 2 for i in range(len(ids))]}).to_csv(run.path("clusters.csv"), index=False)
@@ -82,13 +102,17 @@ def test_every_planned_method_and_pair_is_written(reference):
     from polyplib.sampling import load_synthetic, planned_methods, summary_table
 
     run, summary = reference
-    methods = ["diff", "full-diff", "styled-diff", "styled-full-diff", "uncond-ddim-4", "uncond-dpm++-4"]
+    methods = ["diff", "full-diff", "mkl-diff", "mkl-full-diff", "styled-diff", "full-styled-diff", "uncond-ddim-4",
+               "uncond-dpm++-4"]
     assert planned_methods(run.cfg) == methods == [m["method"] for m in summary["methods"]]
     sources = [i for i in load_dataset(run).ids("train")
                if not load_dataset(run).manifest.set_index("id").at[i, "empty"]]
     by = {m["method"]: m for m in summary["methods"]}
     assert by["diff"]["pairs"] == by["full-diff"]["pairs"] == 2 * len(sources)
-    assert by["styled-diff"]["pairs"] == by["diff"]["accepted"]
+    assert by["mkl-diff"]["pairs"] == by["mkl-diff"]["accepted"] == by["diff"]["accepted"]
+    assert by["styled-diff"]["pairs"] == by["diff"]["accepted"] and by["styled-diff"]["nfe_per_pair"] == 4
+    assert by["styled-diff"]["unet_backward_per_pair"] == 4 and by["styled-diff"]["dino_calls_per_pair"] == 5
+    assert summary["absent"] == []
     assert by["uncond-ddim-4"]["pairs"] == 3 and by["uncond-ddim-4"]["nfe_per_pair"] == 4
     assert by["diff"]["models"] == ["cluster-00", "cluster-01"] and by["full-diff"]["models"] == ["full"]
     for method in methods:
@@ -159,7 +183,7 @@ def test_regenerate_redraws_single_pairs_exactly(reference):
     from polyplib.sampling.writer import read_records
 
     run, _ = reference
-    for method in ("diff", "uncond-dpm++-4", "styled-diff"):
+    for method in ("diff", "uncond-dpm++-4", "mkl-diff", "styled-diff"):
         rec = read_records(run.path("synthetic", method)).iloc[-1].to_dict()
         folder = run.path("synthetic", method) / ("" if rec["accepted"] else "rejected")
         pair = regenerate(run, method, rec["id"])
@@ -177,15 +201,30 @@ def test_changed_settings_restart_a_method_and_cached_stage_loads(reference, tmp
 
     ref_run, ref_summary = reference
     assert sample_all(ref_run) == ref_summary                          # cached: loaded, not recomputed
-    run = make_run(tmp_path / "changed", ["sampling.n_unconditional=0", "sampling.also_full=false",
-                                          "sampling.style=none"])
+    no_style = ["sampling.style.guided=false", "sampling.style.mkl_only=false"]
+    run = make_run(tmp_path / "changed", ["sampling.n_unconditional=0", "sampling.also_full=false", *no_style])
     sample_all(run)
     before = (run.path("synthetic", "diff", "plan.json")).read_text()
     run2 = Run(load_config("smoke", OVERRIDES + ["sampling.n_unconditional=0", "sampling.also_full=false",
-                                                 "sampling.style=none", "sampling.seed=1"]), run.dir)
+                                                 *no_style, "sampling.seed=1"]), run.dir)
     summary = sample_all(run2)
     assert run2.path("synthetic", "diff", "plan.json").read_text() != before
     assert summary["methods"][0]["pairs"] == ref_summary["methods"][0]["pairs"]
+
+
+def test_without_feature_weights_styled_diff_is_absent_and_nothing_bears_its_name(tmp_path):
+    from polyplib.sampling import absent_methods, absent_table, planned_methods, sample_all
+
+    run = make_run(tmp_path / "noweights", ["sampling.n_unconditional=0", "sampling.also_full=false",
+                                            "sampling.style.vgg_weights=null", "sampling.style.dino_weights=null"])
+    assert planned_methods(run.cfg) == ["diff", "mkl-diff", "styled-diff"]
+    summary = sample_all(run)
+    assert [m["method"] for m in summary["methods"]] == ["diff", "mkl-diff"]
+    assert absent_table(summary)["method"].tolist() == ["styled-diff"]
+    reason = absent_methods(run)["styled-diff"]
+    assert "sampling.style.vgg_weights" in reason and "sampling.style.dino_weights" in reason
+    assert not run.path("synthetic", "styled-diff").exists()
+    assert run.path("synthetic", "mkl-diff", "manifest.csv").exists()
 
 
 def test_missing_models_fail_with_a_clear_error(tmp_path):

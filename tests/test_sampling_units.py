@@ -5,7 +5,6 @@ import torch
 
 from polyplib.errors import StageError
 from polyplib.sampling.postprocess import PostProcess, clean_mask, dilate, judge, scaled_px
-from polyplib.sampling.style import STYLES, apply_style, mkl_transfer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -111,33 +110,6 @@ def test_rejected_pairs_are_recorded_not_written_as_data(tmp_path):
     assert SyntheticWriter(tmp_path / "m", "k1", ["a", "b"]).complete
     fresh = SyntheticWriter(tmp_path / "m", "k2", ["a", "b"])
     assert not fresh.records and not (tmp_path / "m" / "images" / "a.png").exists()
-
-
-# ----------------------------------------------------------------------------- styling
-def test_mkl_matches_colour_mean_and_covariance():
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:96, :96] / 96.0
-    base = np.stack([0.5 + 0.3 * np.sin(6 * xx), 0.4 + 0.2 * yy, 0.3 + 0.2 * xx * yy], -1)
-    image = np.clip((base + rng.normal(0, 0.05, base.shape)) * 255, 0, 255).astype(np.uint8)
-    ref_lin = np.array([[0.7, 0.2, 0.0], [0.1, 0.5, 0.1], [0.0, 0.2, 0.4]])
-    reference = np.clip(base @ ref_lin.T * 255 + 30 + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
-    out = mkl_transfer(image, reference)
-    assert out.shape == image.shape and out.dtype == np.uint8
-    flat = [a.reshape(-1, 3).astype(float) for a in (out, reference, image)]
-    (m_out, c_out), (m_ref, c_ref), (m_in, c_in) = [(f.mean(0), np.cov(f, rowvar=False)) for f in flat]
-    assert np.abs(m_out - m_ref).max() < 1.0                               # grey levels
-    assert np.abs(c_out - c_ref).max() < 0.03 * np.abs(c_ref).max()
-    assert np.abs(m_in - m_ref).max() > 10                                 # it really had to move
-    assert np.array_equal(apply_style("mkl", image, reference), out)
-
-
-def test_guided_style_has_its_place_and_says_weights_are_needed():
-    assert set(STYLES) >= {"mkl", "guided"}
-    img = np.zeros((4, 4, 3), np.uint8)
-    with pytest.raises(StageError, match="weights"):
-        apply_style("guided", img, img)
-    with pytest.raises(StageError, match="unknown style"):
-        apply_style("nope", img, img)
 
 
 # ----------------------------------------------------------------------------- samplers

@@ -133,6 +133,10 @@ class Chain:
         """x_i ~ q(x_i | x_0): the clean sample noised to chain step ``i``."""
         return self._at("sqrt_alphas_cumprod", i, x0) * x0 + self._at("sqrt_one_minus_alphas_cumprod", i, x0) * noise
 
+    def noise_std(self, i: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """sqrt(1 - alpha_bar_i): the noise's share in x_i (the style losses' mixing factor)."""
+        return self._at("sqrt_one_minus_alphas_cumprod", i, like)
+
     def renoise(self, x: torch.Tensor, i: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """One step back up the chain, x_{i-1} -> x_i ~ q(x_i | x_{i-1}) (RePaint's jumps)."""
         return self._at("sqrt_one_minus_betas", i, x) * x + self._at("sqrt_betas", i, x) * noise

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..sampling import STYLED_METHODS
 from ..runs import Run
 from ..training import read_json
 
@@ -43,7 +44,7 @@ SINGAN_SEG_SAMPLES_PER_IMAGE = 10
 PAPER_REPORTED = {
     "ddpm-cluster": "paper: each DDPM <= 16 h on one V100 (110k iterations); 20 cluster models <= 320 V100-h",
     "ddpm-full": "paper: <= 16 h on one V100 (110k iterations)",
-    "style": "paper: guided style transfer ~1 min per image on an A6000 (this run: MKL colour matching)",
+    "guided": "paper: guided style transfer ~1 min per image on an A6000",
 }
 EXTRAPOLATION_NOTE = ("extrapolated: this run's measured seconds per unit x the paper-scale work; keeps this run's "
                       "model sizes, resolution and device (ignores GPU speed-up and the paper's larger models)")
@@ -255,10 +256,13 @@ def compute_table(run: Run, paper=None) -> pd.DataFrame:
         if not pairs:
             continue
         measured = float(m.get("seconds_per_pair", 0.0)) * pairs
-        if name.startswith("styled-"):
-            rows.append(_row(name, f"styling ({name})", "style", 1, "pair", pairs, measured,
-                             measured / pairs, device03, 1, paper_pairs, "{per_unit:.4g} s/pair x {work:,} pairs",
-                             PAPER_REPORTED["style"]))
+        if name in STYLED_METHODS:
+            how = STYLED_METHODS[name][0]
+            rows.append(_row(name, f"{'guided style transfer + colour match' if how == 'guided' else 'colour match'}"
+                             f" ({name})", "style", 1, "pair", pairs, measured, measured / pairs, device03, 1,
+                             paper_pairs, "{per_unit:.4g} s/pair x {work:,} pairs",
+                             PAPER_REPORTED["guided"] if how == "guided" else "",
+                             "" if how == "guided" else "not a paper step on its own (the last step of Styled-Diff)"))
         elif name in ("diff", "full-diff"):
             nfe = float(m.get("nfe_per_pair") or 0.0)
             rows.append(_row(name, f"RePaint sampling ({name})", "sample", 1, "UNet evaluation", nfe * pairs,
@@ -282,8 +286,10 @@ def compute_table(run: Run, paper=None) -> pd.DataFrame:
 METHOD_COST = {
     "diff": (["ddpm-cluster"], ["diff"]),
     "full-diff": (["ddpm-full"], ["full-diff"]),
+    "mkl-diff": (["ddpm-cluster"], ["diff", "mkl-diff"]),
+    "mkl-full-diff": (["ddpm-full"], ["full-diff", "mkl-full-diff"]),
     "styled-diff": (["ddpm-cluster"], ["diff", "styled-diff"]),
-    "styled-full-diff": (["ddpm-full"], ["full-diff", "styled-full-diff"]),
+    "full-styled-diff": (["ddpm-full"], ["full-diff", "full-styled-diff"]),
     "gan": (["gan"], ["gan-sample"]),
     "singan": (["singan"], ["singan-sample"]),
 }

@@ -36,10 +36,12 @@ __all__ = ["evaluate", "load_tables", "discover_sets", "SetInfo", "locate_fid_he
 
 #: Methods in the paper's table order (folders under synthetic/), with their display names.
 METHOD_LABELS = {"singan": "SinGAN-Seg", "gan": "4-channel GAN", "diff": "Diff", "full-diff": "Full-Diff",
-                 "styled-diff": "Styled-Diff", "styled-full-diff": "Full-Styled-Diff",
+                 "styled-diff": "Styled-Diff", "full-styled-diff": "Full-Styled-Diff",
+                 "mkl-diff": "Diff + colour match (MKL only)", "mkl-full-diff": "Full-Diff + colour match (MKL only)",
                  "full-diff-fixed-sigma": "Full-Diff, fixed sigma (ablation)",
                  "full-diff-learned-sigma": "Full-Diff, learned sigma (ablation)"}
-ABLATIONS = ("full-diff-fixed-sigma", "full-diff-learned-sigma")   # listed only when the run plans one
+#: the paper's sets, always listed (absent ones as absent); the others only when the run plans them
+PAPER_SETS = ("singan", "gan", "diff", "full-diff", "styled-diff", "full-styled-diff")
 UNCOND = re.compile(r"^uncond-(?P<sampler>.+)-(?P<steps>\d+)$")
 RESIZE_SHORT = "stored size -> 299 px (torch-fidelity TF1 bilinear)"
 KID_SUBSETS = 100
@@ -82,7 +84,9 @@ def split_sets(manifest: pd.DataFrame, fid_sets: int) -> tuple[list[list[str]], 
 def discover_sets(run: Run, fid_sets: int, expected: list[str] | None = None) -> dict[str, SetInfo]:
     """Every method folder under synthetic/ (plus ``expected`` ones, reported absent if missing)."""
     from ..data.prepared import PreparedSet
+    from ..sampling import absent_methods
 
+    absent = absent_methods(run)   # reported absent by stage 03 (a stale folder from another run is not read)
     root = run.path("synthetic")
     found = sorted(p.name for p in root.iterdir() if (p / "manifest.csv").is_file()) if root.is_dir() else []
     names = list(dict.fromkeys([*(expected or []), *found]))
@@ -90,7 +94,9 @@ def discover_sets(run: Run, fid_sets: int, expected: list[str] | None = None) ->
     for method in names:
         folder = root / method
         info = SetInfo(method, folder)
-        if method not in found:
+        if method in absent:
+            info.status, info.note = "absent", absent[method]
+        elif method not in found:
             info.status, info.note = "absent", f"no {folder}/manifest.csv"
         else:
             manifest = PreparedSet(folder).manifest
@@ -259,14 +265,15 @@ TABLES = ("04_fid", "04_fid_steps", "04_msssim", "04_review_kit")
 
 
 def _expected(run: Run) -> list[str]:
-    """The paper's sets (absent ones are listed as absent), this run's variance ablation, its unconditional sets."""
+    """The paper's sets (absent ones are listed as absent), this run's other sets (colour match only, the
+    variance ablation), its unconditional sets."""
     from ..sampling import planned_methods
 
     s = run.cfg.sampling
     uncond = [f"uncond-{smp}-{n}" for smp in dict.fromkeys(s.unconditional_samplers)
               for n in dict.fromkeys(s.unconditional_steps)] if s.n_unconditional > 0 else []
-    ablation = [m for m in planned_methods(run.cfg) if m in ABLATIONS]
-    return [m for m in METHOD_LABELS if m not in ABLATIONS] + ablation + uncond
+    planned = planned_methods(run.cfg)
+    return [m for m in METHOD_LABELS if m in PAPER_SETS or m in planned] + uncond
 
 
 def _compute(run: Run) -> dict[str, pd.DataFrame]:

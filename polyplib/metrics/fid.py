@@ -31,7 +31,7 @@ RESIZE_POLICY = ("uint8 RGB PNG at its stored size, resized to 299x299 inside to
 FEATURE_LAYER = "2048"
 
 #: The paper's FID against real (draft, mean of 3 sets, clean-fid at 256 px) - a reference only.
-PAPER_FID = {"singan": 118.4, "diff": 37.2, "full-diff": 40.5, "styled-diff": 66.0, "styled-full-diff": 60.0}
+PAPER_FID = {"singan": 118.4, "diff": 37.2, "full-diff": 40.5, "styled-diff": 66.0, "full-styled-diff": 60.0}
 
 
 class InceptionFeatures:
@@ -96,8 +96,9 @@ def statistics(features: np.ndarray) -> dict:
     return fid_features_to_statistics(torch.from_numpy(np.asarray(features, np.float32)))
 
 
-def _sqrtm_psd(sigma: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh(sigma)
+def sqrtm_psd(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a positive semi-definite matrix (the project's one sqrtm)."""
+    w, v = np.linalg.eigh((sigma + sigma.T) / 2)
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
@@ -109,7 +110,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     eigenvalues, but symmetric solvers are several times faster and never return complex noise."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    root = _sqrtm_psd(s1)
+    root = sqrtm_psd(s1)
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root @ s2 @ root), 0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)

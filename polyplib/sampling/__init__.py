@@ -7,7 +7,10 @@ Methods, each a folder ``runs/<profile>/synthetic/<method>/`` laid out like prep
 - ``full-diff``: the same with the Full model (``sampling.model: full``, or ``sampling.also_full``);
 - ``full-diff-fixed-sigma`` (or ``-learned-sigma``): the same with the Full model trained with the
   other variance (``ddpm.compare_variance``), for the learned-vs-fixed sigma comparison;
-- ``styled-<m>``: the accepted pairs of ``<m>``, colours matched to their source (``sampling.style``);
+- ``styled-diff`` / ``full-styled-diff``: the paper's Styled-Diff: the accepted pairs of ``diff`` /
+  ``full-diff`` after the authors' guided style transfer and colour matching (``sampling.style``,
+  :mod:`.guided`); reported absent, with the reason, when the feature-network weights are not given;
+- ``mkl-diff`` / ``mkl-full-diff``: the same pairs after colour matching alone (``sampling.style.mkl_only``);
 - ``uncond-<sampler>-<steps>``: pairs drawn from scratch with DDPM / DDIM / DPM-Solver++.
 
 Every pair has its own seed, derived from (``sampling.seed``, source id, sample index), and batches
@@ -30,18 +33,26 @@ from ..diffusion.model import model_dir, models_root, variance_ablation
 from ..errors import StageError
 from ..runs import Run, atomic_write_json
 from .postprocess import PostProcess, clean_mask, dilate, judge, scaled_px
+from .guided import StyleSettings, guided_style
 from .repaint import repaint
-from .style import apply_style
+from .feature_nets import missing_reason
+from .style import colour_match
 from .unconditional import pair_seed, sample_unconditional
 from .writer import SyntheticWriter, read_records
 from ..training import resolve_device, torch_threads
 
 __all__ = ["sample_all", "regenerate", "verify_regeneration", "planned_methods", "load_synthetic", "load_summary",
-           "summary_table", "sampler_study", "rejection_table", "synthetic_dir"]
+           "summary_table", "sampler_study", "rejection_table", "absent_table", "absent_methods", "synthetic_dir",
+           "STYLED_METHODS"]
 
 #: RePaint methods and the model that redraws each source ("cluster": the source's own cluster model)
 REPAINT_MODELS = {"diff": "cluster", "full-diff": "full",
                   "full-diff-fixed-sigma": "full-fixed-sigma", "full-diff-learned-sigma": "full-learned-sigma"}
+#: per-pair costs of the guided style transfer besides its UNet forward calls (manifest columns)
+STYLE_COSTS = ("unet_backward", "unet_encoder_calls", "vgg_calls", "dino_calls")
+#: styled sets: name -> (how: "mkl" colour matching alone | "guided" the paper's Styled-Diff, the method it styles)
+STYLED_METHODS = {"mkl-diff": ("mkl", "diff"), "mkl-full-diff": ("mkl", "full-diff"),
+                  "styled-diff": ("guided", "diff"), "full-styled-diff": ("guided", "full-diff")}
 
 
 # ----------------------------------------------------------------------------- planning
@@ -49,7 +60,8 @@ def planned_methods(cfg) -> list[str]:
     """The method folders this configuration produces, in the order they are made."""
     s = cfg.sampling
     base = ["full-diff"] if s.model == "full" else ["diff"] + (["full-diff"] if s.also_full else [])
-    styled = [f"styled-{m}" for m in base] if s.style != "none" else []
+    wanted = {"mkl": s.style.mkl_only, "guided": s.style.guided}
+    styled = [m for m, (how, of) in STYLED_METHODS.items() if of in base and wanted[how]]
     if cfg.ddpm.compare_variance and not cfg.ddpm.pretrained:   # both Full models, the same seeds: compared in 04
         base = base + ["full-diff"] * ("full-diff" not in base) + [f"full-diff-{variance_ablation(cfg.ddpm)[0][5:]}"]
     uncond = [f"uncond-{smp}-{n}" for smp in dict.fromkeys(s.unconditional_samplers)
@@ -86,6 +98,15 @@ class _Context:
         self.post = PostProcess.from_config(self.cfg)
         self.device = str(resolve_device(self.cfg.run.device))
         self._model: tuple[str, object, dict] | None = None
+        self._nets = None
+
+    def feature_nets(self):
+        """The guided style transfer's VGG / DINO networks, loaded (and checked) once."""
+        if self._nets is None:
+            from .feature_nets import load_feature_nets
+
+            self._nets = load_feature_nets(self.s.style).to(self.device)
+        return self._nets
 
     def model(self, name: str):
         """(unet, scheduler config) of ``models/ddpm/<name>``; one model in memory at a time."""
@@ -216,39 +237,84 @@ def _uncond_compute(ctx: _Context, batch: list[dict], params: dict):
     return [_judged(ctx, params, images[i], raw[i], nfe) for i in range(len(batch))]
 
 
-def _styled_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
-    base = method[len("styled-"):]
+def _base_pairs(ctx: _Context, base: str) -> tuple[dict, pd.DataFrame]:
+    """(plan, accepted pairs) of a finished RePaint method: what a styled set starts from."""
     folder = synthetic_dir(ctx.run, base)
     plan = json.loads((folder / "plan.json").read_text()) if (folder / "plan.json").exists() else {}
     if not plan.get("complete"):
         raise StageError(f"{folder}: '{base}' must be complete before it can be styled")
     manifest = pd.read_csv(folder / "manifest.csv", dtype={"id": str, "file": str, "source_id": str},
                            keep_default_na=False)
-    jobs = [{**row, "method": method, "base_method": base, "style": ctx.s.style}
-            for row in manifest.to_dict("records")]
-    return [[j] for j in jobs], {"key": _key({"base": plan["key"], "style": ctx.s.style}), "params": {}}
+    return plan, manifest
+
+
+def _styled_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
+    """mkl: one job per pair. guided: jobs grouped by model, fixed batches, each pair its own seed."""
+    how, base = STYLED_METHODS[method]
+    plan, manifest = _base_pairs(ctx, base)
+    common = ["id", "file", "source_id", "cluster", "model", "sample_index"]
+    jobs = [{**{c: row[c] for c in common}, "method": method, "base_method": base,
+             "seed": pair_seed(ctx.s.seed, f"style|{row['id']}", 0)} for row in manifest.to_dict("records")]
+    if how == "mkl":
+        for j in jobs:
+            j.update(sampler="mkl", steps=0)
+        return [[j] for j in jobs], {"key": _key({"base": plan["key"], "style": "mkl", "colour_match": 2}),
+                                     "params": {"style": "mkl"}}
+    st = ctx.s.style
+    settings = StyleSettings.from_section(st)
+    for j in jobs:
+        j.update(sampler="guided-style", steps=settings.steps)
+    by_model: dict[str, list[dict]] = {}
+    for j in jobs:
+        by_model.setdefault(j["model"], []).append(j)
+    batches = [b for model in sorted(by_model) for b in _chunks(by_model[model], ctx.s.batch_size)]
+    params = {"style": "guided", "style_steps": settings.steps, "style_skip_steps": settings.skip_steps,
+              **{f"lambda_{t}": w for t, w in settings.weights.items()},
+              "divergence_above": settings.divergence_above, "zecon_patches": settings.zecon_patches,
+              "colour_match": st.colour_match, "keep_context": settings.keep_context, "dilation_px": ctx.dilation_px,
+              **ctx.post.as_row()}
+    key = _key({"base": plan["key"], "params": params, "batch": ctx.s.batch_size, "seed": ctx.s.seed,
+                "nets": ctx.feature_nets().origin, "models": _fingerprint(ctx.run, list(by_model))})
+    return batches, {"key": key, "params": params}
 
 
 def _styled_compute(ctx: _Context, batch: list[dict], params: dict):
     from ..data.imageio import read_image, read_mask
 
-    job = batch[0]
-    folder = synthetic_dir(ctx.run, job["base_method"])
-    image = read_image(folder / "images" / f"{job['file']}.png")
-    mask = read_mask(folder / "masks" / f"{job['file']}.png")
-    styled = apply_style(job["style"], image, ctx.ds.load(job["source_id"])[0])
-    return [({"accepted": True, "reason": ""}, styled, mask, mask.astype(np.uint8) * 255)]
+    folder = synthetic_dir(ctx.run, batch[0]["base_method"])
+    images = np.stack([read_image(folder / "images" / f"{j['file']}.png") for j in batch])
+    masks = np.stack([read_mask(folder / "masks" / f"{j['file']}.png") for j in batch])
+    sources = [ctx.ds.load(j["source_id"]) for j in batch]
+    targets, target_masks = np.stack([p[0] for p in sources]), np.stack([p[1] for p in sources])
+    if params["style"] == "mkl":   # the base pair's cleaned mask, judged again (unchanged: cleaning is idempotent)
+        return [_judged(ctx, params, colour_match(images[0], targets[0]), masks[0].astype(np.uint8) * 255, 0)]
+    unet, sconf = ctx.model(batch[0]["model"])
+    settings = StyleSettings.from_section(ctx.s.style)
+    regions = np.stack([dilate(m, ctx.dilation_px) for m in target_masks])
+    out, raw, info = guided_style(unet, sconf, images, masks, targets, target_masks, regions,
+                                  [j["seed"] for j in batch], settings, ctx.feature_nets())
+    rows = []
+    for b in range(len(batch)):
+        image = out[b]
+        if params["colour_match"]:
+            image = colour_match(image, targets[b])
+            if settings.keep_context:   # the real frame outside the dilated mask, exactly
+                image[~regions[b]] = targets[b][~regions[b]]
+        costs = {k: v for k, v in info["costs"].items() if k != "unet_forward"}
+        rows.append(_judged(ctx, params, image, raw[b], info["costs"]["unet_forward"], **costs,
+                            final_style_loss=round(float(info["final_loss"][b]), 6)))
+    return rows
 
 
 def _kind(method: str) -> tuple[Callable, Callable]:
     if method in REPAINT_MODELS:
         return _repaint_plan, _repaint_compute
-    if method.startswith("styled-") and method[len("styled-"):] in REPAINT_MODELS:
+    if method in STYLED_METHODS:
         return _styled_plan, _styled_compute
     if method.startswith("uncond-"):
         return _uncond_plan, _uncond_compute
     raise StageError(f"unknown synthetic method '{method}'; "
-                     "known: diff, full-diff, styled-<m>, uncond-<sampler>-<steps>")
+                     f"known: {', '.join([*REPAINT_MODELS, *STYLED_METHODS])}, uncond-<sampler>-<steps>")
 
 
 # ----------------------------------------------------------------------------- running
@@ -293,6 +359,7 @@ def _method_summary(run: Run, method: str, df: pd.DataFrame) -> dict:
         "reasons": dict(Counter(r for r in df.get("reason", []) if r)),
         "models": sorted(set(df["model"])) if len(df) else [],
         "nfe_per_pair": float(df["nfe"].mean()) if "nfe" in df and len(df) else 0.0,
+        **{f"{c}_per_pair": float(df[c].mean()) for c in STYLE_COSTS if c in df and len(df)},
         "seconds_per_pair": round(total_s / len(df), 4) if len(df) else 0.0,
         "seconds_per_accepted_pair": round(total_s / accepted, 4) if accepted else None,
     }
@@ -305,13 +372,21 @@ def sample_all(run: Run, force: bool = False, *, methods: list[str] | None = Non
     ``on_pair(record)`` is called after each pair is on disk (progress hooks, tests that kill a run).
     """
     methods = methods or planned_methods(run.cfg)
+    reason = missing_reason(run.cfg.sampling.style)
+    absent = [{"method": m, "reason": reason} for m in methods
+              if reason and STYLED_METHODS.get(m, ("",))[0] == "guided"]
+    todo = [m for m in methods if m not in {a["method"] for a in absent}]
 
     def compute() -> dict:
         ctx = _Context(run)
+        for a in absent:
+            print(f"{a['method']}: absent - {a['reason']}")
         with torch_threads(ctx.cfg.run.torch_threads, ctx.device):
-            results = [_run_method(ctx, m, force, on_pair) for m in methods]
-        summary = {"methods": results, "resolution": run.cfg.data.resolution, "dilation_px": ctx.dilation_px,
-                   "opening_px": ctx.post.opening_px, "device": ctx.device,
+            if any(STYLED_METHODS.get(m, ("",))[0] == "guided" for m in todo):
+                ctx.feature_nets()   # a missing or mismatched weight file stops the stage before any work
+            results = [_run_method(ctx, m, force, on_pair) for m in todo]
+        summary = {"methods": results, "absent": absent, "resolution": run.cfg.data.resolution,
+                   "dilation_px": ctx.dilation_px, "opening_px": ctx.post.opening_px, "device": ctx.device,
                    "note": "seconds are wall-clock of the run that made each pair (resumed batches are retimed)"}
         atomic_write_json(synthetic_dir(run) / "summary.json", summary)
         return summary
@@ -334,12 +409,29 @@ def summary_table(summary: dict) -> pd.DataFrame:
 
 
 def sampler_study(summary: dict) -> pd.DataFrame:
-    """Cost per pair of every sampling method (styled copies add no UNet evaluations), cheapest first."""
-    table = summary_table(summary)
-    table = table[~table["method"].str.startswith("styled-")]
-    cols = ["method", "sampler", "steps", "nfe_per_pair", "seconds_per_pair", "seconds_per_accepted_pair", "pairs",
-            "accepted"]
-    return table[cols].sort_values(["nfe_per_pair", "method"]).reset_index(drop=True)
+    """Cost per pair of every method that runs the UNet, cheapest first: UNet forward calls (``nfe``),
+    and for the guided style transfer its backward passes, ZeCon encoder passes and VGG / DINO calls
+    (the styled pair's own cost, on top of the pair it styles). Colour matching alone is not listed."""
+    cost_cols = [f"{c}_per_pair" for c in STYLE_COSTS]
+    rows = [{c: m.get(c, 0.0 if c in cost_cols else None) for c in
+             ["method", "sampler", "steps", "nfe_per_pair", *cost_cols, "seconds_per_pair",
+              "seconds_per_accepted_pair", "pairs", "accepted"]}
+            for m in summary["methods"] if STYLED_METHODS.get(m["method"], ("",))[0] != "mkl"]
+    table = pd.DataFrame(rows, columns=["method", "sampler", "steps", "nfe_per_pair", *cost_cols, "seconds_per_pair",
+                                        "seconds_per_accepted_pair", "pairs", "accepted"])
+    return table.sort_values(["nfe_per_pair", "method"]).reset_index(drop=True)
+
+
+def absent_table(summary: dict) -> pd.DataFrame:
+    """Planned sets this run could not make, and why (e.g. Styled-Diff without its feature weights)."""
+    return pd.DataFrame(summary.get("absent", []), columns=["method", "reason"])
+
+
+def absent_methods(run: Run) -> dict[str, str]:
+    """{method: reason} of the sets stage 03 reported absent; later stages skip them by this reason."""
+    path = synthetic_dir(run) / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    return {a["method"]: a["reason"] for a in summary.get("absent", [])}
 
 
 def rejection_table(summary: dict) -> pd.DataFrame:

@@ -9,6 +9,7 @@ import numpy as np
 from ..data.imageio import read_image, read_mask
 from ..plots import overlay
 from ..runs import Run
+from . import STYLED_METHODS
 from .postprocess import dilate
 from .writer import read_records
 
@@ -39,18 +40,19 @@ def _methods(summary: dict) -> list[str]:
 
 def inpainting_grid(run: Run, summary: dict, n_clusters: int = 4, size: float = 2.2):
     """One row per cluster (first accepted pair of each): real with the redrawn region outlined in
-    yellow, the RePaint pair, and its styled copy; masks tinted green."""
+    yellow, the RePaint pair, and its styled copies (colour match alone, Styled-Diff); masks tinted green."""
     import matplotlib.pyplot as plt
 
     from ..data.prepared import load_dataset
 
     methods = _methods(summary)
     base = next(m for m in ("diff", "full-diff") if m in methods)
-    styled = f"styled-{base}" if f"styled-{base}" in methods else None
+    styled = [m for m, (_, of) in STYLED_METHODS.items() if of == base and m in methods]
+    styled_records = {m: read_records(_folder(run, m)).set_index("id", drop=False) for m in styled}
     df = read_records(_folder(run, base))
     df = df[df["accepted"].astype(str) == "True"].drop_duplicates("cluster").head(n_clusters)
     ds = load_dataset(run)
-    cols = 3 if styled else 2
+    cols = 2 + len(styled)
     fig, axes = plt.subplots(max(1, len(df)), cols, figsize=(size * cols, size * max(1, len(df))), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -59,8 +61,11 @@ def inpainting_grid(run: Run, summary: dict, n_clusters: int = 4, size: float = 
         real = _outline(overlay(image, mask), dilate(mask, summary["dilation_px"]))
         panels = [(real, f"real {rec['source_id']} (cluster {rec['cluster']})"),
                   (overlay(*load_pair(run, base, rec)), f"{base} ({rec['model']})")]
-        if styled:
-            panels.append((overlay(*load_pair(run, styled, {**rec, "accepted": True})), styled))
+        for m in styled:
+            if rec["id"] in styled_records[m].index:
+                srec = styled_records[m].loc[rec["id"]].to_dict()
+                title = m if str(srec["accepted"]) == "True" else f"{m} (rejected)"
+                panels.append((overlay(*load_pair(run, m, srec)), title))
         for col, (panel, title) in enumerate(panels):
             axes[row, col].imshow(panel)
             axes[row, col].set_title(title, fontsize=7)
@@ -92,7 +97,6 @@ def cost_plot(table, size=(6.0, 3.2)):
     """Seconds per pair against UNet evaluations per pair, one point per method."""
     import matplotlib.pyplot as plt
 
-    table = table[~table["method"].str.startswith("styled-")]   # styling adds no UNet evaluations
     fig, ax = plt.subplots(figsize=size)
     for sampler, part in table.groupby("sampler"):
         ax.plot(part["nfe_per_pair"], part["seconds_per_pair"], "o", label=sampler)

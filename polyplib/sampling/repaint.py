@@ -77,7 +77,7 @@ def count_evaluations(steps: int, jump_length: int, jump_n_sample: int, skip_ste
     return count_calls(repaint_schedule(steps, jump_length, jump_n_sample, start, skip_steps))[0]
 
 
-def _pair_tensor(images: np.ndarray, masks: np.ndarray, device) -> torch.Tensor:
+def pair_tensor(images: np.ndarray, masks: np.ndarray, device) -> torch.Tensor:
     """uint8 (B,H,W,3) + bool (B,H,W) -> (B,4,H,W) float in [-1, 1]."""
     rgb = torch.from_numpy(np.asarray(images, np.float32)).permute(0, 3, 1, 2) / 127.5 - 1.0
     msk = torch.from_numpy(np.asarray(masks, np.float32))[:, None] * 2.0 - 1.0
@@ -103,7 +103,7 @@ def repaint(unet, scheduler_config: dict, images: np.ndarray, masks: np.ndarray,
     chain = Chain.from_config(scheduler_config, steps)
     variance = scheduler_config.get("variance_type", "fixed_small")
     times = repaint_schedule(steps, jump_length, jump_n_sample, start, skip_steps)
-    x0 = _pair_tensor(images, masks, device).to(dtype)
+    x0 = pair_tensor(images, masks, device).to(dtype)
     known = torch.from_numpy(~np.asarray(regions, bool)).to(device=device, dtype=dtype)[:, None]
     gens = generators(seeds)
 

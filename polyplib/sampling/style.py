@@ -1,66 +1,50 @@
-"""Styling: pull the colours of a synthetic image towards those of its source image.
+"""MKL colour matching of a synthetic image to its source image: the last step of Styled-Diff.
 
-Why: a model trained on a small cluster drifts in colour; the paper's "Styled-Diff" sets are closer
-to the real images in FID and help segmentation more. The paper styles in two steps: a
-diffusion-guided style transfer (ZeCon + VGG content losses, DINO-ViT style losses), then MKL
-colour matching with the ``color-matcher`` package. The guided transfer needs VGG-19 and DINO-ViT
-weights that this project does not ship; it has its place in the registry and fails clearly.
-MKL (Pitie & Kokaram 2007, the Monge-Kantorovich linear transfer) is a few lines of numpy.
+Why: a model trained on a small cluster drifts in colour. The authors end their styling with
+``color_matcher.ColorMatcher().transfer(src, ref, method='mkl')`` (Pitie & Kokaram 2007, the
+Monge-Kantorovich linear transfer), wrapped in the package's ``Normalizer``: both images are
+min-max stretched to the full 0-255 range first, and the result is min-max stretched again to
+uint8. :func:`colour_match` does exactly that sequence.
+
+Why not the package itself: ``color-matcher`` is GPL-3.0 and polyplib is MIT, so a runtime
+dependency would change the licence of every install. The transfer is a few lines of numpy; the
+tests check it against ``color-matcher`` (a test-only dependency, never imported here).
+The guided style transfer before it lives in :mod:`polyplib.sampling.guided`.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from ..errors import StageError
-
-_EPS = 1e-10
-
-
-def _sqrtm_psd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Square root and inverse square root of a symmetric positive semi-definite matrix."""
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    w = np.clip(w, _EPS, None)
-    return (v * np.sqrt(w)) @ v.T, (v / np.sqrt(w)) @ v.T
+from ..metrics.fid import sqrtm_psd
 
 
 def mkl_matrix(cov_source: np.ndarray, cov_reference: np.ndarray) -> np.ndarray:
     """The symmetric T with T cov_source T = cov_reference closest to the identity transport:
     T = A^-1/2 (A^1/2 B A^1/2)^1/2 A^-1/2 (A: source covariance, B: reference covariance)."""
-    a_half, a_inv_half = _sqrtm_psd(cov_source)
-    c_half, _ = _sqrtm_psd(a_half @ cov_reference @ a_half)
-    return a_inv_half @ c_half @ a_inv_half
+    a_half = sqrtm_psd(cov_source)
+    a_inv_half = np.linalg.pinv(a_half, hermitian=True)
+    return a_inv_half @ sqrtm_psd(a_half @ cov_reference @ a_half) @ a_inv_half
 
 
 def mkl_transfer(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """``image`` (uint8 HxWx3) with the colour mean and covariance of ``reference`` (uint8 HxWx3)."""
-    x = np.asarray(image, np.float64).reshape(-1, 3) / 255.0
-    r = np.asarray(reference, np.float64).reshape(-1, 3) / 255.0
+    """``image`` (H,W,3, any scale) with the colour mean and covariance of ``reference``, as float64."""
+    x = np.asarray(image, np.float64).reshape(-1, 3)
+    r = np.asarray(reference, np.float64).reshape(-1, 3)
     t = mkl_matrix(np.cov(x, rowvar=False), np.cov(r, rowvar=False))
-    out = (x - x.mean(0)) @ t + r.mean(0)
-    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8).reshape(np.shape(image))
+    return ((x - x.mean(0)) @ t + r.mean(0)).reshape(np.shape(image))
 
 
-def guided_transfer(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """The paper's diffusion-guided style transfer: not available offline (needs weights)."""
-    raise StageError(
-        "style 'guided' (the paper's diffusion-guided style transfer: ZeCon + VGG-19 content losses, "
-        "DINO-ViT style losses, then MKL) needs pretrained VGG-19 and DINO-ViT weights, which this "
-        "project does not ship or download; use sampling.style=mkl (colour matching only)")
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """color-matcher's ``Normalizer``: min-max to [0, 1] (a constant image is left as it is)."""
+    lo, hi = float(values.min()), float(values.max())
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else values
 
 
-#: style name -> function(image uint8 HxWx3, reference uint8 HxWx3) -> uint8 HxWx3
-STYLES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "mkl": mkl_transfer,
-    "guided": guided_transfer,
-}
+def colour_match(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The authors' colour matching of ``image`` to ``reference`` (both uint8 H,W,3) -> uint8 H,W,3.
 
-
-def apply_style(name: str, image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Style ``image`` towards ``reference`` with the registered step ``name``."""
-    try:
-        step = STYLES[name]
-    except KeyError:
-        raise StageError(f"unknown style '{name}'; known: {', '.join(STYLES)}") from None
-    return step(image, reference)
+    ``Normalizer(x).type_norm()`` on each uint8 input, MKL transfer, ``Normalizer(res).uint8_norm()``.
+    """
+    src = np.rint(_stretch(np.asarray(image, np.float64)) * 255.0)
+    ref = np.rint(_stretch(np.asarray(reference, np.float64)) * 255.0)
+    return np.rint(_stretch(mkl_transfer(src, ref)) * 255.0).astype(np.uint8)

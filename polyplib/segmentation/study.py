@@ -148,12 +148,16 @@ def plan_table(run: Run) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ sources
 def synthetic_sources(run: Run) -> pd.DataFrame:
     """One row per configured synthetic source: available or absent (and why), pairs, images."""
-    rows = []
+    from ..sampling import absent_methods
+
+    rows, absent = [], absent_methods(run)
     for src in run.cfg.segmentation.sources:
         folder = run.path("synthetic", src)
         row = {"source": src, "folder": str(folder), "available": False, "pairs": 0,
                "source_images": 0, "note": ""}
-        if not (folder / "manifest.csv").exists():
+        if src in absent:
+            row["note"] = f"absent: {absent[src]}"
+        elif not (folder / "manifest.csv").exists():
             row["note"] = "absent: no synthetic/<source>/manifest.csv (its stage has not produced it)"
         else:
             try:
@@ -380,7 +384,9 @@ def paper_tables(summary: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.DataFr
                                                              n_real=n, per_real=r, augmentation=aug0, model=m0)
             if metric == "iou":
                 paper = PAPER_IOU["T5"].get(n, (None, None))
-                row.update({"real (paper)": paper[0], "+styled-diff best r (paper)": paper[1]})
+                row["real (paper)"] = paper[0]
+                if small_src == "styled-diff":   # a paper value only beside the method that made it
+                    row["+styled-diff best r (paper)"] = paper[1]
             rows.append(row)
         small[table] = pd.DataFrame(rows)
     out = {"T3": pd.DataFrame(t3), "T4": pd.DataFrame(t4), **small}
