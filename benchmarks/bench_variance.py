@@ -30,7 +30,8 @@ from record import RESULTS, machine, write_record  # noqa: E402
 
 # only what the comparison needs: the two Full models and their RePaint sets, no styling or unconditional sets
 COMMON = ["ddpm.train_clusters=false", "ddpm.compare_variance=true", "sampling.model=full",
-          "sampling.also_full=false", "sampling.style=none", "sampling.n_unconditional=0"]
+          "sampling.also_full=false", "sampling.style.guided=false", "sampling.style.mkl_only=false",
+          "sampling.n_unconditional=0"]
 SETS = {"learned_range": ("full", "full-diff"), "fixed_small": ("full-fixed-sigma", "full-diff-fixed-sigma")}
 
 

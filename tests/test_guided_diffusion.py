@@ -201,7 +201,8 @@ def test_stage_02_uses_converted_models_and_stage_03_samples_them(tmp_path):
     run = open_run("smoke", [
         "data.phantom.n_source=30", "data.phantom.n_target=8", "data.split.n_train=6", "data.split.n_test=6",
         f"data.resolution={SIZE}", "run.progress=false", "run.workers=1", "ddpm.train_clusters=false",
-        f"ddpm.pretrained={converted}", "sampling.model=full", "sampling.style=none", "sampling.n_unconditional=0",
+        f"ddpm.pretrained={converted}", "sampling.model=full", "sampling.style.guided=false",
+        "sampling.style.mkl_only=false", "sampling.n_unconditional=0",
         "sampling.steps=6", "sampling.jump_length=2", "sampling.jump_n_sample=2"], tmp_path / "run")
     prepare_data(run)
     summary = train_all(run)

@@ -13,7 +13,8 @@ from ..plots import overlay
 from ..runs import Run
 
 #: rows of the side-by-side grid: (method folder, title); absent folders are skipped
-GRID_ROWS = (("diff", "Diff (RePaint, cluster DDPM)"), ("styled-diff", "Styled-Diff"),
+GRID_ROWS = (("diff", "Diff (RePaint, cluster DDPM)"), ("mkl-diff", "Diff + colour match (MKL only)"),
+             ("styled-diff", "Styled-Diff (guided style transfer + MKL)"),
              ("full-diff", "Full-Diff"), ("gan", "4-channel GAN"), ("singan", "SinGAN-Seg (trained here)"),
              ("singan-published", "SinGAN-Seg (published)"))
 
