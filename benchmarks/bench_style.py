@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = machine()
     nets = random_nets()
-    paper = StyleSettings()                                   # 200 steps, skip 80: 120 guided steps
+    paper = StyleSettings.paper()                             # 200 steps, skip 80: 120 guided steps
     full_steps = paper.start + 1
     measured = dataclasses.replace(paper, steps=args.steps + paper.skip_steps)   # the same losses, fewer steps
     results = []

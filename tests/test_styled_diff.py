@@ -56,7 +56,8 @@ def setup():
     images = rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)          # the inpainted pairs
     targets = rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)         # their source frames
     nets = FeatureNets(tiny_random_vgg(), tiny_random_vit(), {"note": "tiny random test networks"})
-    settings = StyleSettings(steps=20, skip_steps=8, weights={k: v * SCALE for k, v in StyleSettings().weights.items()})
+    paper = StyleSettings.paper()
+    settings = dataclasses.replace(paper, steps=20, skip_steps=8, weights={k: v * SCALE for k, v in paper.weights.items()})
     return dict(unet=unet, sconf=sconf, images=images, masks=masks, targets=targets, target_masks=masks,
                 regions=regions, nets=nets, settings=settings)
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StageError
+from ..metrics import METHOD_LABELS
 from ..runs import Run, atomic_write_json
 
 __all__ = ["run_comparison", "load_tables", "comparison_table", "metric_tables", "import_singan_seg",
@@ -38,11 +39,8 @@ COMPARED = ("singan", "singan-published", "gan", "diff", "full-diff", "mkl-diff"
             "full-styled-diff")
 OWN = ("singan", "singan-published", "gan")
 DIFFUSION = ("diff", "full-diff", "mkl-diff", "mkl-full-diff", "styled-diff", "full-styled-diff")
-LABELS = {"singan": "SinGAN-Seg (trained here)", "singan-published": "SinGAN-Seg (published set)",
-          "gan": "4-channel GAN", "diff": "Diff", "full-diff": "Full-Diff", "styled-diff": "Styled-Diff",
-          "mkl-diff": "Diff + colour match (MKL only)", "mkl-full-diff": "Full-Diff + colour match (MKL only)",
-          "full-styled-diff": "Full-Styled-Diff", "real": "Real (disjoint halves; MS-SSIM: training set)",
-          "real-test": "Real held-out test vs train"}
+LABELS = {**METHOD_LABELS, "singan": "SinGAN-Seg (trained here)", "singan-published": "SinGAN-Seg (published set)",
+          "real": "Real (disjoint halves; MS-SSIM: training set)", "real-test": "Real held-out test vs train"}
 TABLES = ("05_comparison", "05_compute", "05_training", "05_synthetic_sets", "05_fid", "05_msssim")
 
 

@@ -268,11 +268,8 @@ def _styled_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
     for j in jobs:
         by_model.setdefault(j["model"], []).append(j)
     batches = [b for model in sorted(by_model) for b in _chunks(by_model[model], ctx.s.batch_size)]
-    params = {"style": "guided", "style_steps": settings.steps, "style_skip_steps": settings.skip_steps,
-              **{f"lambda_{t}": w for t, w in settings.weights.items()},
-              "divergence_above": settings.divergence_above, "zecon_patches": settings.zecon_patches,
-              "colour_match": st.colour_match, "keep_context": settings.keep_context, "dilation_px": ctx.dilation_px,
-              **ctx.post.as_row()}
+    params = {"style": "guided", **settings.as_row(), "colour_match": st.colour_match,
+              "dilation_px": ctx.dilation_px, **ctx.post.as_row()}
     key = _key({"base": plan["key"], "params": params, "batch": ctx.s.batch_size, "seed": ctx.s.seed,
                 "nets": ctx.feature_nets().origin, "models": _fingerprint(ctx.run, list(by_model))})
     return batches, {"key": key, "params": params}
@@ -413,12 +410,11 @@ def sampler_study(summary: dict) -> pd.DataFrame:
     and for the guided style transfer its backward passes, ZeCon encoder passes and VGG / DINO calls
     (the styled pair's own cost, on top of the pair it styles). Colour matching alone is not listed."""
     cost_cols = [f"{c}_per_pair" for c in STYLE_COSTS]
-    rows = [{c: m.get(c, 0.0 if c in cost_cols else None) for c in
-             ["method", "sampler", "steps", "nfe_per_pair", *cost_cols, "seconds_per_pair",
-              "seconds_per_accepted_pair", "pairs", "accepted"]}
+    cols = ["method", "sampler", "steps", "nfe_per_pair", *cost_cols, "seconds_per_pair", "seconds_per_accepted_pair",
+            "pairs", "accepted"]
+    rows = [{c: m.get(c, 0.0 if c in cost_cols else None) for c in cols}
             for m in summary["methods"] if STYLED_METHODS.get(m["method"], ("",))[0] != "mkl"]
-    table = pd.DataFrame(rows, columns=["method", "sampler", "steps", "nfe_per_pair", *cost_cols, "seconds_per_pair",
-                                        "seconds_per_accepted_pair", "pairs", "accepted"])
+    table = pd.DataFrame(rows, columns=cols)
     return table.sort_values(["nfe_per_pair", "method"]).reset_index(drop=True)
 
 

@@ -36,7 +36,7 @@ its batch mates beyond floating-point order.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -57,15 +57,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class StyleSettings:
-    """The guided pass's settings (``sampling.style``), detached from the configuration."""
+    """The guided pass's settings, detached from the configuration (``sampling.style``, whose defaults are
+    the authors': :meth:`paper`)."""
 
-    steps: int = 200
-    skip_steps: int = 80
-    weights: dict = field(default_factory=lambda: {"zecon": 500.0, "vgg": 100.0, "mse": 5000.0, "dino": 10000.0,
-                                                   "l2": 10000.0, "divergence": 40000.0, "range": 200.0})
-    divergence_above: int = 50
-    zecon_patches: int = 256
-    keep_context: bool = False
+    steps: int
+    skip_steps: int
+    weights: dict
+    divergence_above: int
+    zecon_patches: int
+    keep_context: bool
 
     @classmethod
     def from_section(cls, style) -> "StyleSettings":
@@ -73,6 +73,20 @@ class StyleSettings:
                    weights={t: float(getattr(style, f"lambda_{t}")) for t in LOSS_TERMS},
                    divergence_above=style.divergence_above, zecon_patches=style.zecon_patches,
                    keep_context=style.keep_context)
+
+    @classmethod
+    def paper(cls) -> "StyleSettings":
+        """Table A.3 (the configuration's defaults)."""
+        from ..config import StyleSection
+
+        return cls.from_section(StyleSection())
+
+    def as_row(self) -> dict:
+        """Flat manifest columns."""
+        return {"style_steps": self.steps, "style_skip_steps": self.skip_steps,
+                **{f"lambda_{t}": w for t, w in self.weights.items()},
+                "divergence_above": self.divergence_above, "zecon_patches": self.zecon_patches,
+                "keep_context": self.keep_context}
 
     @property
     def start(self) -> int:
