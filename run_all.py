@@ -21,6 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the study never downloads weights from a hub
 
+from polyplib import differences  # noqa: E402
 from polyplib.config import load_config, profiles  # noqa: E402
 from polyplib.errors import ConfigError, PolypError  # noqa: E402
 from polyplib.runs import PROJECT_ROOT, Run, atomic_write_json, device_info, git_state, package_versions  # noqa: E402
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         reason = missing_reason(cfg.sampling.style)
         if reason:   # said once, up front: the run goes on without the set, nothing is made under its name
             print(f"note: Styled-Diff will be reported absent: {reason}", flush=True)
+    if any(s.id == "05" for s in selected) and cfg.data.source == "real" and not cfg.gan.singan_published:
+        print(f"note: SinGAN-Seg (the paper's GAN baseline): {differences.singan(cfg, differences.Context()).text}",
+              flush=True)
     for stage in selected:
         state = run.stage(stage.id)
         before = state.read_marker() if state.is_done() else None

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     median = {k: bs / statistics.median(v) for k, v in steps.items()}
     fast = {k: bs / float(np.percentile(v, 20)) for k, v in steps.items()}
     base, base_fast = median["plain fp32 (diffusers-style)"], fast["plain fp32 (diffusers-style)"]
-    from polyplib.diffusion.train import resolve_mixed_precision
+    from polyplib.training import resolve_mixed_precision
     flops = train_step_flops(cfg)
     peak = {"fp32": round(matmul_peak(torch.float32), 1), "bf16": round(matmul_peak(torch.bfloat16), 1)}
     steps_per_s = {k: v / bs for k, v in median.items()}

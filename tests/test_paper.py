@@ -44,36 +44,114 @@ def test_smoke_and_course_run_the_learned_sigma_path():
         assert cfg.ddpm.variance == "learned_range" and cfg.sampling.start == "noise", profile
 
 
-def test_the_report_states_model_and_repaint_differences_from_paper_py(tmp_path):
-    from polyplib.report import _model_and_sampling_differences
+def _lines(profile, overrides=(), ctx=None):
+    from polyplib.differences import compare
+
+    return {line.topic: line for line in compare(load_config(profile, list(overrides)), ctx)}
+
+
+WEIGHTS = ["sampling.style.vgg_weights=/w/vgg19.pth", "sampling.style.dino_weights=/w/dino.pth"]
+
+
+def test_the_paper_profile_differs_only_where_no_setting_can_equal_the_authors():
+    """What remains with every input the authors had: the unseeded test draw and one run per configuration."""
+    lines = _lines("paper", WEIGHTS + ["gan.singan_published=/data/singan-seg"])
+    assert sorted(t for t, line in lines.items() if line.status == "differs") == ["Segmentation runs", "Test images"]
+    lines = _lines("paper")                                     # as shipped: no feature weights, no published set
+    assert sorted(t for t, line in lines.items() if line.status == "differs") == [
+        "Segmentation runs", "SinGAN-Seg", "Styling", "Test images"]
+    assert "osf.io/xrgz8" in lines["SinGAN-Seg"].text and "sampling.style.vgg_weights" in lines["Styling"].text
+
+
+def test_every_paper_setting_is_stated_once_with_the_value_paper_py_holds():
+    """No false fact: each setting's line quotes the paper's value from paper.py, and nothing else about it."""
+    from polyplib.differences import _show
+
+    text = "\n".join(line.text for line in _lines("paper", WEIGHTS).values())
+    for key, fact in paper.SETTINGS.items():
+        if key.startswith(("sampling.style.", "clustering.")) or key == "sampling.skip_steps":
+            continue                                     # stated in words (Table A.3 summarised, the assignment)
+        assert text.count(f"`{key}` = ") == 1 and f"`{key}` = {_show(fact.value)}" in text, key
+    assert "960 UNet calls and 760 re-noising steps" in text
+    assert "140,000" not in text and "128-512" not in text
+
+
+@pytest.mark.parametrize("override,topic", [
+    ("data.source=phantom", "Data"), ("data.resolution=128", "Resolution"), ("data.split.n_train=100", "Split"),
+    ("data.split.kind=random", "Split"), ("clustering.k=10", "Clusters"), ("clustering.features=inception", "Clusters"),
+    ("ddpm.layers_per_block=1", "UNet"), ("ddpm.attention_resolutions=[16]", "UNet"),
+    ("ddpm.variance=fixed_small", "Variance"), ("ddpm.num_train_timesteps=250", "Noise schedule"),
+    ("ddpm.max_steps=1000", "DDPM training"), ("ddpm.ema_decay=0.999", "EMA"), ("ddpm.mixed_precision=bf16", "Precision"),
+    ("sampling.start=sdedit", "RePaint start"), ("sampling.jump_n_sample=3", "RePaint schedule"),
+    ("sampling.dilation_px=10", "Inpainted region"), ("sampling.style.lambda_vgg=0", "Styling"),
+    ("sampling.style.guided=false", "Styling"), ("metrics.fid_resize=legacy-tf", "FID protocol"),
+    ("metrics.fid_sets=1", "FID sets"), ("gan.singan_published=null", "SinGAN-Seg"),
+    ("segmentation.encoder=resnet34", "Segmentation model"), ("segmentation.epochs=10", "Segmentation training"),
+    ("segmentation.augmentation=[control]", "Segmentation data"),
+])
+def test_changing_a_setting_changes_its_line_and_only_its_line(override, topic):
+    base = WEIGHTS + ["gan.singan_published=/data/singan-seg"]
+    before, after = _lines("paper", base), _lines("paper", base + [override])
+    assert before[topic].status == "equal" and after[topic].status == "differs", after[topic]
+    key = override.split("=")[0]
+    if key in paper.SETTINGS and topic not in ("Data", "Clusters") and key != "sampling.style.guided":  # in words
+        assert f"`{key}`" in after[topic].text and "paper:" in after[topic].text
+    also = {"sampling.start=sdedit": {"RePaint schedule"}}.get(override, set())   # fewer UNet calls per pair
+    assert {t for t in before if before[t] != after[t]} == {topic} | also
+
+
+def test_seeds_and_singan_sources_change_their_lines():
+    from polyplib.differences import Context
+
+    assert "seeds [0]" in _lines("paper", ["segmentation.seeds=[0]"])["Segmentation runs"].text
+    line = _lines("paper", [], Context(singan_sources=7))["SinGAN-Seg"]
+    assert "trained here on 7 source image(s)" in line.text and "1,000" in line.text
+
+
+def test_the_smoke_report_names_at_least_14_differences(tmp_path):
+    from polyplib.report import comparison, render_markdown
     from polyplib.runs import open_run
 
-    lines = _model_and_sampling_differences(open_run("paper", [], tmp_path / "paper"))
-    assert "equal to Table A.1" in lines[0] and "equal to Table A.1" in lines[1]
-    assert "pure noise, 960 UNet calls and 760 re-noising steps" in lines[2] and "equal to Table A.2" in lines[2]
-    lines = _model_and_sampling_differences(open_run("paper", [
-        "ddpm.variance=fixed_small", "sampling.start=sdedit", "ddpm.pretrained=/models/converted"], tmp_path / "ab"))
-    assert "converted checkpoints from `/models/converted`" in lines[0] and "not trained in this run" in lines[0]
-    assert "`ddpm.variance` = fixed_small (paper: learned_range)" in lines[1]
-    assert "forward-noised real pair, 600 UNet calls" in lines[3] and "`sampling.start` = sdedit" in lines[3]
+    run = open_run("smoke", [], tmp_path / "smoke")
+    groups = comparison(run)
+    assert len(groups["differs"]) >= 14 and len(groups["equal"]) >= 3
+    md = render_markdown(run, [])
+    assert f"## Differences from the paper ({len(groups['differs'])})" in md and "## Equal to the paper" in md
 
 
 def test_the_report_says_whether_styled_diff_is_the_authors_method_differs_or_is_absent(tmp_path):
     import json
 
-    from polyplib.report import _styling_difference
+    from polyplib.differences import Context, styling
     from polyplib.runs import open_run
 
-    weights = ["sampling.style.vgg_weights=/w/vgg19.pth", "sampling.style.dino_weights=/w/dino.pth"]
-    line = _styling_difference(open_run("paper", weights, tmp_path / "a"))
-    assert f"every setting equal to Table A.3 ({len(paper.STYLE)} settings)" in line
-    line = _styling_difference(open_run("paper", weights + ["sampling.style.keep_context=true"], tmp_path / "b"))
-    assert "`sampling.style.keep_context` = True (paper: False)" in line
-    run = open_run("paper", [], tmp_path / "c")                # no weights: stage 03 reports the set absent
-    reason = "needs ImageNet VGG-19 and DINO ViT weights"
+    line = styling(load_config("paper", WEIGHTS), Context())
+    assert line.status == "equal" and f"all {len(paper.STYLE)} settings equal to Table A.3" in line.text
+    line = styling(load_config("paper", WEIGHTS + ["sampling.style.keep_context=true"]), Context())
+    assert "`sampling.style.keep_context` = True (paper: False)" in line.text
+    run = open_run("paper", WEIGHTS, tmp_path / "c")          # weights given, but stage 03 reported the set absent
+    reason = "a DINO weights file did not match vit_base_patch8_224.dino"
     run.path("synthetic").mkdir(parents=True)
     run.path("synthetic", "summary.json").write_text(json.dumps(
         {"methods": [], "absent": [{"method": "styled-diff", "reason": reason}]}))
-    line = _styling_difference(run)
-    assert "Styled-Diff absent" in line and reason in line and "Nothing is reported under its name" in line
-    assert "not a paper method" in _styling_difference(open_run("smoke", [], tmp_path / "d"))
+    line = styling(run.cfg, Context.of(run))
+    assert "Styled-Diff absent" in line.text and reason in line.text and "Nothing is reported under its name" in line.text
+
+
+def test_no_paper_number_is_written_outside_paper_py():
+    """The distinctive values of the paper's tables and its training length live in polyplib/paper.py only."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    values = {f"{v:.2f}" for f in paper.FID_PER_SET.values() for v in f.value}
+    values |= {f"{paper.MSSSIM['real'].value:.4f}"}
+    values |= {f"{v:.3f}" for f in paper.IOU_SYNTHETIC_ONLY.values() for v in f.value.values()}
+    values |= {f"{f.value:.3f}" for f in paper.IOU_REAL_PLUS.values()} | {f"{v:.3f}" for f in paper.IOU_SMALL.values()
+                                                                  for v in f.value}
+    values |= {f"{paper.REVIEW_KAPPA.value:.3f}", "110_000", "110000", "118.4"}
+    pattern = re.compile(r"(?<![\d.])(" + "|".join(re.escape(v) for v in sorted(values)) + r")(?![\d])")
+    files = [p for p in (root / "polyplib").rglob("*.py") if p.name != "paper.py"]
+    files += [root / "run_all.py", *(root / "notebooks").glob("*.ipynb"), *(root / "polyplib" / "profiles").glob("*.yaml")]
+    stray = [f"{p.relative_to(root)}: {m.group(0)}" for p in files for m in pattern.finditer(p.read_text())]
+    assert not stray, stray

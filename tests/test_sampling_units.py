@@ -16,11 +16,11 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_unet(size=32, seed=0):
+def tiny_unet(size=32, seed=0, out_channels=4):
     from diffusers import UNet2DModel
 
     torch.manual_seed(seed)
-    return UNet2DModel(sample_size=size, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+    return UNet2DModel(sample_size=size, in_channels=4, out_channels=out_channels, block_out_channels=(16, 32),
                        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
 
@@ -127,6 +127,22 @@ def test_unconditional_samplers_shapes_and_unet_evaluations(sampler):
         assert hook.n == nfe == steps
     again = sample_unconditional(unet, scheduler_config(), sampler, 3, [2])
     assert np.array_equal(again[0][0], sample_unconditional(unet, scheduler_config(), sampler, 3, [2])[0][0])
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_learned_sigma_samples_are_seeded_per_pair_whatever_the_batch(sampler):
+    """The one unconditional sampler (grids during training, notebook 02, stage 03) on a learned-sigma
+    model: pairs in [-1, 1], a pair's seed alone decides it, other seeds give other pairs."""
+    from polyplib.sampling.unconditional import sample_tensor
+
+    unet = tiny_unet(out_channels=8)                       # epsilon + the variance interpolation v
+    config = {**scheduler_config(), "variance_type": "learned_range"}
+    x, nfe = sample_tensor(unet, config, sampler, 4, [7, 8])
+    assert x.shape == (2, 4, 32, 32) and x.abs().max() <= 1 and nfe == 4
+    alone, _ = sample_tensor(unet, config, sampler, 4, [8])
+    assert torch.allclose(alone[0], x[1], atol=1e-3)            # batched convolutions round differently
+    assert torch.equal(sample_tensor(unet, config, sampler, 4, [8])[0], alone)
+    assert not torch.allclose(x[0], x[1], atol=1e-2)
 
 
 def test_repaint_schedule_is_the_authors():

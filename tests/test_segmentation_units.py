@@ -189,7 +189,7 @@ def test_plan_for_the_smoke_config_is_small_and_covers_the_tables():
     assert len(set(names)) == len(names)
     paper = load_config("paper")
     full = plan(paper, list(paper.segmentation.sources))
-    assert len(full) == (2 + 5 * 3 + 5 * 2 + 4 * (1 + 3)) * 3          # not the full cross product
+    assert len(full) == (2 + 6 * 3 + 6 * 2 + 4 * (1 + 3)) * 3     # 6 sources: not the full cross product
     c = Configuration("mixed", "diff", 16, 2, "control", "unet", 1)
     assert c.baseline() == Configuration("real", None, 16, 0, "control", "unet", 1)
     assert Configuration.from_row(c.row()) == c

@@ -68,7 +68,7 @@ def test_report_names_unrun_stages_and_fills_nothing_in(tmp_path):
     paths = write_report(run)
     text = open(paths["markdown"]).read()
     assert text.count("has not finished in this run") == 4 and "| " not in text
-    assert "**Data:** the embedded procedural phantom" in text and "**Resolution:** 64 px" in text
+    assert "**Data:** the embedded procedural phantom" in text and "**Resolution:** `data.resolution` = 64 (paper: 256)" in text
     assert "<table" not in open(paths["html"]).read()
 
 
@@ -76,5 +76,7 @@ def test_report_differences_follow_the_configuration(tmp_path):
     from polyplib.report import differences
 
     paper = " ".join(differences(Run(load_config("paper"), tmp_path / "run")))
-    assert "phantom" not in paper and "Resolution" not in paper and "Split" not in paper
-    assert "DDPM training" in paper and "Paper numbers" in paper
+    smoke = " ".join(differences(Run(load_config("smoke"), tmp_path / "smoke")))
+    assert "phantom" not in paper and "Resolution" not in paper and "DDPM training" not in paper
+    assert "phantom" in smoke and "**Resolution:**" in smoke and "**DDPM training:**" in smoke
+    assert "**Test images:**" in paper and "**Test images:**" in smoke       # no run can equal the unseeded draw

@@ -4,7 +4,8 @@ The paper embeds image and mask with ImageNet Inception-v3, concatenates the two
 scikit-learn KMeans (random_state=0, K=20). Here:
 
 * ``clustering.features: inception`` — FID Inception pool3 features (2048-d) of the image and of the
-  mask (as a grey 3-channel image), concatenated to 4096-d; real weights only (see inception.py).
+  mask (as a grey 3-channel image), concatenated to 4096-d; real weights only, through stage 04's
+  feature path (``polyplib.metrics.fid.InceptionFeatures``, see :func:`inception_extractor`).
 * ``clustering.features: handcrafted`` — a documented stand-in when no Inception weights exist:
   colour statistics inside and outside the mask (mean and std of R, G, B: 12 values) and mask shape
   (coverage, centroid y/x, bounding-box height/width, connected components, compactness: 7 values),
@@ -30,7 +31,10 @@ from ..errors import StageError
 from ..runs import Run, atomic_write_json, atomic_write_text
 
 HANDCRAFTED_NAME = "handcrafted (colour statistics + mask shape)"
+INCEPTION_NAME = "fid-inception-v3 (inception-2015-12-05, pool3 2048-d)"
 PAPER_KS = (10, 20, 30, 40)
+#: The resize of the clustering features: fixed, not ``metrics.fid_resize`` (see inception_extractor).
+CLUSTERING_RESIZE = "legacy-tf"
 
 
 # ----------------------------------------------------------------------------- features
@@ -62,21 +66,36 @@ def standardise(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
 
 
-def inception_features(pairs: Sequence[tuple[np.ndarray, np.ndarray]], weights: str | None,
-                       device: str = "cpu", batch_size: int = 16, progress: bool = False) -> np.ndarray:
+def inception_extractor(cfg, device: str = "cpu"):
+    """Stage 04's FID Inception (``InceptionFeatures``) with the ``clustering.weights`` weights.
+
+    The resize is :data:`CLUSTERING_RESIZE`, not the run's ``metrics.fid_resize``: stage 02 depends on
+    the clustering and ddpm settings only, so a change of how FID is measured must not change the
+    clusters (and silently leave DDPMs trained on other ones). TF1 bilinear is the resize clustering
+    has always used: the features agree with the former TorchScript path's within 4e-5 (checked on
+    64 px phantom pairs), so earlier runs' clusters are reproduced. Missing or unusable weights: a
+    StageError that names them and the ``clustering.features=handcrafted`` way out."""
+    from ..metrics.fid import InceptionFeatures
+    from ..metrics.inception_weights import resolve_fid_weights
+
+    try:
+        weights = resolve_fid_weights(cfg.clustering.weights, cfg.metrics.cache_dir, setting="clustering.weights")
+        return InceptionFeatures(weights, device=device, resize=CLUSTERING_RESIZE)
+    except StageError as exc:
+        raise StageError(f"{exc}; or set clustering.features=handcrafted") from None
+
+
+def inception_features(pairs: Sequence[tuple[np.ndarray, np.ndarray]], extractor,
+                       progress: bool = False) -> np.ndarray:
     """N x 4096: FID Inception pool features of each image, then of its mask (grey, 3 channels)."""
     from tqdm import tqdm
 
-    from .inception import load_fid_inception
+    def rows(what: str):
+        return tqdm(pairs, desc=f"inception features ({what})", disable=not progress)
 
-    net = load_fid_inception(weights, device=device)
-    feats = []
-    for i in tqdm(range(0, len(pairs), batch_size), desc="inception features", disable=not progress):
-        chunk = pairs[i:i + batch_size]
-        images = np.stack([p[0] for p in chunk])
-        masks = np.stack([np.repeat(p[1][..., None].astype(np.uint8) * 255, 3, axis=-1) for p in chunk])
-        feats.append(np.concatenate([net(images).cpu().numpy(), net(masks).cpu().numpy()], axis=1))
-    return np.concatenate(feats)
+    images = extractor(image for image, _ in rows("images"))
+    masks = extractor(np.repeat(mask[..., None].astype(np.uint8) * 255, 3, axis=-1) for _, mask in rows("masks"))
+    return np.concatenate([images, masks], axis=1)
 
 
 # ----------------------------------------------------------------------------- clustering
@@ -123,8 +142,8 @@ def paper_labels(ids: Sequence[str], k: int) -> np.ndarray:
 def feature_kind(cfg) -> str:
     kind = cfg.clustering.features
     if kind == "inception":
-        from .inception import FEATURE_NAME
-        return f"{FEATURE_NAME} of image + mask"
+        from ..metrics.fid import RESIZE_SHORT
+        return f"{INCEPTION_NAME} of image + mask ({RESIZE_SHORT[CLUSTERING_RESIZE]})"
     if kind == "handcrafted":
         return HANDCRAFTED_NAME
     return f"paper assignment (K={cfg.clustering.k})"
@@ -162,14 +181,12 @@ def cluster_pairs(ids: Sequence[str], load: Callable[[str], tuple[np.ndarray, np
         report["notes"].append("paper assignment used as shipped; small clusters are not merged")
     else:
         if c.features == "inception":
-            from ..data.imageio import file_sha256
-            from .inception import resolve_weights
-            path = resolve_weights(c.weights)
-            report["weights"] = {"path": str(path), "sha256": file_sha256(path)}
+            extractor = inception_extractor(cfg, device)
+            report["weights"], report["feature_settings"] = extractor.weights.record(), extractor.settings()
             data = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k != "root"}
-            key = hashlib.sha256(json.dumps([report["weights"]["sha256"], data], sort_keys=True).encode()).hexdigest()
+            key = hashlib.sha256(json.dumps([extractor.settings(), data], sort_keys=True).encode()).hexdigest()
             feats = _cached(cache, key[:16], ids, lambda: inception_features(
-                [load(i) for i in ids], c.weights, device=device, progress=cfg.run.progress))
+                [load(i) for i in ids], extractor, progress=cfg.run.progress))
         else:
             feats = standardise(np.stack([handcrafted_features(*load(i)) for i in ids]))
         k = min(c.k, len(ids))

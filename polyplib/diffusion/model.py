@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError, StageError
@@ -121,41 +120,3 @@ def load_pipeline(folder: str | Path, device: str | torch.device = "cpu"):
     if not (folder / "model_index.json").exists():
         raise StageError(f"{folder}: not a finished DDPM folder (no model_index.json); train it first")
     return DDPMPipeline.from_pretrained(str(folder)).to(device)
-
-
-def _pipeline(pipeline_or_folder, device):
-    if isinstance(pipeline_or_folder, (str, Path)):
-        return load_pipeline(pipeline_or_folder, device or "cpu")
-    return pipeline_or_folder if device is None else pipeline_or_folder.to(device)
-
-
-@torch.no_grad()
-def sample_tensors(pipeline_or_folder, n: int, seed: int, *, steps: int | None = None,
-                   sampler: str = "ddpm", batch_size: int = 16, device=None,
-                   progress: bool = False) -> torch.Tensor:
-    """n samples as an n x 4 x H x W float tensor in [-1, 1] (clipped); sample k has its own seed.
-
-    ``steps``: inference steps (default: all training timesteps); ``sampler="ddim"`` (or
-    ``"dpm++"``) walks the same noise levels deterministically (far fewer steps, used for grids).
-    The stage-03 sampler (``sampling.unconditional.sample_tensor``) does the work.
-    """
-    from tqdm.auto import tqdm
-
-    from ..sampling.unconditional import pair_seed, sample_tensor
-
-    pipe = _pipeline(pipeline_or_folder, device)
-    config = dict(pipe.scheduler.config)
-    steps = steps or config["num_train_timesteps"]
-    seeds = [pair_seed(seed, "samples", k) for k in range(n)]
-    out = []
-    for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress):
-        x, _ = sample_tensor(pipe.unet, config, sampler, steps, seeds[start:start + batch_size])
-        out.append(x.float().cpu())
-    return torch.cat(out)
-
-
-def sample_pairs(pipeline_or_folder, n: int, seed: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """n labelled pairs from a DDPM: (uint8 N x H x W x 3 images, bool N x H x W masks)."""
-    from .dataset import from_tensor
-
-    return from_tensor(sample_tensors(pipeline_or_folder, n, seed, **kwargs))

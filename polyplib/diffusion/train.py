@@ -55,7 +55,6 @@ A rerun of the array skips finished models and resumes unfinished ones.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -71,10 +70,10 @@ import torch
 
 from ..config import StudyConfig
 from ..errors import StageError
-from ..runs import Run, atomic_dir, atomic_write_json, atomic_write_text
-from ..training import (checkpoints, config_key, cpu_has_bf16, fresh_accelerator, load_checkpoint, open_loss_log,
-                        partial_state, read_json, resolve_device, save_checkpoint, step_seed, torch_threads,
-                        usable_checkpoints, weights_digest, write_provenance)
+from ..runs import Run, atomic_write_text
+from ..training import (StepLog, checkpoints, finished_folder, final_losses, launch_state, make_accelerator,
+                        on_main_process, read_json, resolve_device, resume_latest, save_checkpoint, step_seed,
+                        torch_threads, trainer_arguments, weights_digest, weights_key, write_final_folder)
 from .dataset import PairDataset
 from .gaussian import Chain
 from .model import build_scheduler, build_unet, model_dir, models_root, variance_ablation
@@ -105,47 +104,22 @@ class TrainResult:
 def model_key(cfg: StudyConfig, ids: Sequence[str], processes: int | None) -> str:
     """Hash of everything that decides a model's weights: ddpm settings, data, ids, process count."""
     ddpm = {k: v for k, v in cfg.ddpm.model_dump(mode="json").items() if k not in BOOKKEEPING}
-    data = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k != "root"}
-    payload = {"ddpm": ddpm, "data": data, "ids": sorted(ids)}
-    if processes is not None:
-        payload["processes"] = processes
-    return config_key(payload)
-
-
-def resolve_mixed_precision(setting: str, device: torch.device) -> str:
-    """ddpm.mixed_precision=auto: bf16 (or fp16 on older GPUs) on CUDA, bf16 on CPUs that have it, else no."""
-    if setting != "auto":
-        return setting
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_bf16():
-        return "bf16"
-    return "no"
-
-
-def make_accelerator(cfg: StudyConfig):
-    """A fresh Accelerator for one DDPM (precision and gradient accumulation from ``ddpm.*``)."""
-    device = resolve_device(cfg.run.device)
-    return fresh_accelerator(device, resolve_mixed_precision(cfg.ddpm.mixed_precision, device),
-                             cfg.ddpm.gradient_accumulation_steps)
+    return weights_key("ddpm", ddpm, cfg, ids, processes)
 
 
 def process_count(cfg: StudyConfig) -> int:
     """Processes of this launch (1 under plain python, N under ``accelerate launch``)."""
-    return partial_state(resolve_device(cfg.run.device)).num_processes
+    return launch_state(cfg.run.device).num_processes
 
 
 def is_main_process(cfg: StudyConfig) -> bool:
-    return partial_state(resolve_device(cfg.run.device)).is_main_process
+    return launch_state(cfg.run.device).is_main_process
 
 
 # ----------------------------------------------------------------------------- folders
 def is_finished(folder: str | Path, key: str | None = None) -> bool:
     """A complete model folder (optionally: trained with this model key)."""
-    folder = Path(folder)
-    state = read_json(folder / "train_state.json")
-    return bool(state and state.get("finished") and (folder / "model_index.json").exists()
-                and (key is None or state.get("key") == key))
+    return finished_folder(folder, key, ["model_index.json"])
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -165,7 +139,9 @@ class Trainer:
         from diffusers import UNet2DModel
         from diffusers.training_utils import EMAModel
 
-        acc = self.accelerator = make_accelerator(self.cfg)
+        # ddpm.mixed_precision=auto: bf16 (fp16 on older GPUs) on CUDA, bf16 on CPUs that have it, else no
+        acc = self.accelerator = make_accelerator(self.cfg.run.device, self.ddpm.mixed_precision,
+                                                  self.ddpm.gradient_accumulation_steps)
         self.dataset = PairDataset(self.prepared, self.ids, hflip=self.ddpm.hflip, seed=self.ddpm.seed)
         model = build_unet(self.ddpm, self.dataset.resolution, seed=self.ddpm.seed)
         self.scheduler = build_scheduler(self.ddpm)
@@ -213,47 +189,36 @@ class Trainer:
                              f"process(es), this run has {acc.num_processes}; an exact resume needs the same "
                              "number (the data order is split per process). Relaunch with that many processes, "
                              "or pass --force (force=True) to start this model over.")
-        usable = usable_checkpoints(acc, self.work, self.key, force, self.name)
-        if not usable:
-            if acc.is_main_process:
-                shutil.rmtree(self.work / "samples", ignore_errors=True)
-            return 0
-        step, path = usable[-1]
-        load_checkpoint(acc, path)
+        step, _ = resume_latest(acc, self.work, self.key, force, self.name)
+        if not step and acc.is_main_process:
+            shutil.rmtree(self.work / "samples", ignore_errors=True)
         return step
 
     def _save_checkpoint(self, step: int, seconds: float) -> None:
-        acc = self.accelerator
-        save_checkpoint(acc, self.work, step, {
+        save_checkpoint(self.accelerator, self.work, step, {
             "key": self.key, "config_key": model_key(self.cfg, self.ids, None), "name": self.name,
-            "processes": acc.num_processes, "mixed_precision": acc.mixed_precision, "seconds": round(seconds, 2)},
-            self.cfg, self.ids, self.ddpm.checkpoints_total_limit)
+            "seconds": round(seconds, 2)}, self.cfg, self.ids, self.ddpm.checkpoints_total_limit)
 
-    # -- logs and samples
-    def _open_loss_log(self, step: int):
-        return open_loss_log(self.work / "loss.csv", LOSS_COLUMNS, step)
-
+    # -- samples
     def _sample_grid(self, step: int) -> None:
         """EMA weights swapped in (store/restore), a seeded DDIM grid written to samples/step-N.png."""
-        from diffusers import DDPMPipeline
-
         from ..data.imageio import write_png
         from ..plots import overlay
-        from .model import sample_pairs
+        from ..sampling.unconditional import pair_seed, sample_unconditional
 
         unet = self.accelerator.unwrap_model(self.model)
         self.ema.store(unet.parameters())
         self.ema.copy_to(unet.parameters())
         unet.eval()
+        seeds = [pair_seed(self.ddpm.seed, "samples", k) for k in range(GRID_SAMPLES)]
         try:
-            images, masks = sample_pairs(DDPMPipeline(unet=unet, scheduler=self.scheduler), GRID_SAMPLES,
-                                         seed=self.ddpm.seed, steps=self.ddpm.sample_steps, sampler="ddim",
-                                         batch_size=GRID_SAMPLES)
+            images, raw_masks, _ = sample_unconditional(unet, dict(self.scheduler.config), "ddim",
+                                                        self.ddpm.sample_steps, seeds)
         finally:
             unet.train()
             self.ema.restore(unet.parameters())
         top = np.concatenate(list(images), axis=1)
-        bottom = np.concatenate([overlay(i, m) for i, m in zip(images, masks)], axis=1)
+        bottom = np.concatenate([overlay(i, m > 127) for i, m in zip(images, raw_masks)], axis=1)
         write_png(self.work / "samples" / f"step-{step:06d}.png", np.concatenate([top, bottom], axis=0))
 
     # -- the loop
@@ -263,107 +228,89 @@ class Trainer:
             return self._run(force, stop_after)
 
     def _run(self, force: bool, stop_after: int | None) -> TrainResult:
-        from tqdm import tqdm
-
         started = time.time()
         self.key = model_key(self.cfg, self.ids, process_count(self.cfg))
         if not force and is_finished(self.folder, self.key):
             return self._result("cached", started)
         self._setup()
         acc, ddpm = self.accelerator, self.ddpm
-        if acc.is_main_process:
-            self.work.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
+        on_main_process(acc, lambda: self.work.mkdir(parents=True, exist_ok=True))
         step = start = self._resume_point(force)
         if acc.is_main_process:
             print(f"{self.name}: {len(self.ids)} pairs, {ddpm.max_steps} steps, batch {ddpm.batch_size} x "
                   f"{acc.num_processes} process(es) x {ddpm.gradient_accumulation_steps} accumulation, "
                   f"precision {acc.mixed_precision}" + (f", resuming from step {step}" if step else ""))
-        log = self._open_loss_log(step) if acc.is_main_process else None
-        accum, bs, rank, world = ddpm.gradient_accumulation_steps, ddpm.batch_size, acc.process_index, acc.num_processes
-        timesteps = self.scheduler.config.num_train_timesteps
-        bar = tqdm(total=ddpm.max_steps, initial=step, desc=self.name, dynamic_ncols=True,
-                   disable=not (acc.is_local_main_process and self.cfg.run.progress))
+        images_per_step = ddpm.gradient_accumulation_steps * ddpm.batch_size * acc.num_processes
         self.model.train()
-        try:
+        with StepLog(acc, self.work / "loss.csv", LOSS_COLUMNS, step, ddpm.max_steps, self.name,
+                     self.cfg.run.progress) as log:
             while step < ddpm.max_steps and (stop_after is None or step < stop_after):
-                losses = []
-                for micro in range(step * accum, (step + 1) * accum):
-                    clean = self.dataset.batch((micro * world + rank) * bs, bs).to(acc.device)
-                    gen = torch.Generator(device=acc.device).manual_seed(step_seed(ddpm.seed, micro, rank))
-                    noise = torch.randn(clean.shape, generator=gen, device=acc.device)
-                    t = torch.randint(0, timesteps, (bs,), generator=gen, device=acc.device)
-                    noisy = self.chain.q_sample(clean, t, noise)
-                    with acc.accumulate(self.model):
-                        out = self.model(noisy, t).sample
-                        # MSE(eps), plus L_vlb for the variance channels with a learned sigma
-                        terms = self.chain.training_losses(out, clean, noisy, t, noise, ddpm.variance)
-                        loss = terms["loss"].mean()
-                        acc.backward(loss)
-                        if acc.sync_gradients:
-                            acc.clip_grad_norm_(self.model.parameters(), 1.0)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    losses.append(torch.stack([loss.detach(), terms["mse"].mean().detach()]))
-                self.ema.step(self.model.parameters())
+                loss, mse = self._step(step)
                 step += 1
-                loss_value, mse_value = acc.reduce(torch.stack(losses).mean(0), reduction="mean").tolist()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-                if log is not None:
-                    log.write(f"{step},{loss_value:.6g},{mse_value:.6g},{self.ema.cur_decay_value:.6g},{ddpm.learning_rate:g},"
-                              f"{step * accum * bs * world},{time.time() - started:.3f}\n")
-                    log.flush()
+                log.record(step, [loss, mse, self.ema.cur_decay_value], ddpm.learning_rate, step * images_per_step,
+                           time.time() - started, loss=f"{loss:.4f}")
                 if step % ddpm.checkpoint_every == 0 and step < ddpm.max_steps:
                     self._save_checkpoint(step, time.time() - started)
                 if step % ddpm.sample_every == 0 or step == ddpm.max_steps:
-                    if acc.is_main_process:
-                        self._sample_grid(step)
-                    acc.wait_for_everyone()
-        finally:
-            bar.close()
-            if log is not None:
-                log.close()
+                    on_main_process(acc, self._sample_grid, step)
         if step < ddpm.max_steps:
             return self._result("stopped", started, step)
         self._finish(step, time.time() - started)
         return self._result("resumed" if start else "trained", started, step)
 
+    def _step(self, step: int) -> tuple[float, float]:
+        """One optimiser step (``ddpm.gradient_accumulation_steps`` micro-batches), then the EMA;
+        returns (loss, its MSE part), averaged over micro-batches and processes."""
+        acc, ddpm = self.accelerator, self.ddpm
+        accum, bs, rank, world = ddpm.gradient_accumulation_steps, ddpm.batch_size, acc.process_index, acc.num_processes
+        timesteps = self.scheduler.config.num_train_timesteps
+        losses = []
+        for micro in range(step * accum, (step + 1) * accum):
+            clean = self.dataset.batch((micro * world + rank) * bs, bs).to(acc.device)
+            gen = torch.Generator(device=acc.device).manual_seed(step_seed(ddpm.seed, micro, rank))
+            noise = torch.randn(clean.shape, generator=gen, device=acc.device)
+            t = torch.randint(0, timesteps, (bs,), generator=gen, device=acc.device)
+            noisy = self.chain.q_sample(clean, t, noise)
+            with acc.accumulate(self.model):
+                out = self.model(noisy, t).sample
+                # MSE(eps), plus L_vlb for the variance channels with a learned sigma
+                terms = self.chain.training_losses(out, clean, noisy, t, noise, ddpm.variance)
+                loss = terms["loss"].mean()
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(torch.stack([loss.detach(), terms["mse"].mean().detach()]))
+        self.ema.step(self.model.parameters())
+        loss_value, mse_value = acc.reduce(torch.stack(losses).mean(0), reduction="mean").tolist()
+        return loss_value, mse_value
+
     def _finish(self, step: int, seconds: float) -> None:
-        """Write the final DDPMPipeline folder (EMA weights) atomically; carry logs and checkpoints over."""
-        from accelerate.utils import gather_object
+        """The final DDPMPipeline folder (EMA weights), written atomically; logs and checkpoints carried over."""
         from diffusers import DDPMPipeline, UNet2DModel
 
         acc = self.accelerator
         unet = acc.unwrap_model(self.model)
-        digests = gather_object([{"rank": acc.process_index, "weights": weights_digest(unet.parameters()),
-                                  "ema": weights_digest(self.ema.shadow_params)}])
-        if acc.is_main_process:
+
+        def write_weights(tmp: Path) -> None:
             final = UNet2DModel.from_config(unet.config)
             self.ema.copy_to(final.parameters())
-            with atomic_dir(self.folder) as tmp:
-                DDPMPipeline(unet=final, scheduler=build_scheduler(self.ddpm)).save_pretrained(str(tmp))
-                write_provenance(tmp, self.cfg, self.ids)
-                atomic_write_json(tmp / "train_state.json", {
-                    "finished": True, "key": self.key, "name": self.name, "steps": step, "pairs": len(self.ids),
-                    "processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
-                    "seconds": round(seconds, 2), "rank_digests": digests, "weights": "EMA"})
-                for item in ("loss.csv", "samples"):
-                    if (self.work / item).exists():
-                        os.replace(self.work / item, tmp / item)
-                if self.ddpm.keep_checkpoints and self.work.exists():
-                    os.replace(self.work, tmp / "checkpoints")
-        acc.wait_for_everyone()
+            DDPMPipeline(unet=final, scheduler=build_scheduler(self.ddpm)).save_pretrained(str(tmp))
+
+        move = {"loss.csv": self.work / "loss.csv", "samples": self.work / "samples"}
+        if self.ddpm.keep_checkpoints:
+            move["checkpoints"] = self.work
+        write_final_folder(acc, self.folder, self.cfg, self.ids,
+                           {"weights": weights_digest(unet.parameters()), "ema": weights_digest(self.ema.shadow_params)},
+                           {"key": self.key, "name": self.name, "steps": step, "pairs": len(self.ids),
+                            "seconds": round(seconds, 2), "weights": "EMA"}, write_weights, move)
 
     def _result(self, status: str, started: float, step: int | None = None) -> TrainResult:
         state = read_json(self.folder / "train_state.json") or {}
         acc = getattr(self, "accelerator", None)
         log = self.folder / "loss.csv" if status in ("cached", "trained", "resumed") else self.work / "loss.csv"
-        loss = None
-        if log.exists():
-            df = pd.read_csv(log)
-            if len(df):
-                loss = float(df["loss"].tail(max(1, len(df) // 10)).mean())
+        (loss,) = final_losses(log, ["loss"])
         return TrainResult(self.name, len(self.ids), status, step if step is not None else state.get("steps", 0),
                            loss, acc.mixed_precision if acc else state.get("mixed_precision", "?"),
                            acc.num_processes if acc else state.get("processes", 1),
@@ -443,10 +390,7 @@ def ensure_clusters(run: Run, force: bool = False) -> pd.DataFrame:
     """Cluster on the main process only (others wait), then everyone reads clusters.csv."""
     from .clustering import cluster_training_set, load_clusters
 
-    state = partial_state(resolve_device(run.cfg.run.device))
-    if state.is_main_process:
-        cluster_training_set(run, force=force)
-    state.wait_for_everyone()
+    on_main_process(launch_state(run.cfg.run.device), lambda: cluster_training_set(run, force=force))
     return load_clusters(run)[0]
 
 
@@ -480,15 +424,10 @@ def load_summary(run: Run) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- command line
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m polyplib.diffusion.train", description=(
-        "Train stage-02 DDPMs; under `accelerate launch` the same training runs data-parallel."))
-    parser.add_argument("--profile", default="smoke", help="profile name or YAML path")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--run-dir", default=None, help="run folder (default runs/<profile>)")
+    parser = trainer_arguments("python -m polyplib.diffusion.train", (
+        "Train stage-02 DDPMs; under `accelerate launch` the same training runs data-parallel."), "finished models")
     parser.add_argument("--model", default="all",
                         help="cluster-NN, full, all (every planned model) or none (clustering only)")
-    parser.add_argument("--force", action="store_true", help="discard checkpoints and finished models, retrain")
-    parser.add_argument("--stop-after", type=int, default=None, help="stop after this step, as if killed")
     args = parser.parse_args(argv)
 
     from ..runs import open_run

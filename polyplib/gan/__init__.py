@@ -39,8 +39,8 @@ COMPARED = ("singan", "singan-published", "gan", "diff", "full-diff", "mkl-diff"
             "full-styled-diff")
 OWN = ("singan", "singan-published", "gan")
 DIFFUSION = ("diff", "full-diff", "mkl-diff", "mkl-full-diff", "styled-diff", "full-styled-diff")
-LABELS = {**METHOD_LABELS, "singan": "SinGAN-Seg (trained here)", "singan-published": "SinGAN-Seg (published set)",
-          "real": "Real (disjoint halves; MS-SSIM: training set)", "real-test": "Real held-out test vs train"}
+LABELS = {**METHOD_LABELS, "real": "Real (disjoint halves; MS-SSIM: training set)",
+          "real-test": "Real held-out test vs train"}
 TABLES = ("05_comparison", "05_compute", "05_training", "05_synthetic_sets", "05_fid", "05_msssim")
 
 
@@ -82,7 +82,7 @@ def metric_tables(run: Run, own: list[str] | None = None) -> tuple[pd.DataFrame,
 
     m = run.cfg.metrics
     weights = resolve_fid_weights(m.fid_weights, m.cache_dir)   # no weights: StageError, nothing computed
-    extractor = InceptionFeatures(weights, device=run.cfg.run.device)
+    extractor = InceptionFeatures(weights, device=run.cfg.run.device, resize=m.fid_resize)
     reuse = _stage04_tables(run)
     wanted = list(own if own is not None else planned_sets(run.cfg)) + ([] if reuse is not None else list(DIFFUSION))
     sets = {k: v for k, v in discover_sets(run, m.fid_sets, wanted).items() if k in wanted}
@@ -95,9 +95,6 @@ def metric_tables(run: Run, own: list[str] | None = None) -> tuple[pd.DataFrame,
                         ignore_index=True)
         ms = pd.concat([ms, m4[m4["method"].isin(DIFFUSION)].assign(computed_in="stage 04 (results/04_msssim.csv)")],
                        ignore_index=True)
-    for table in (fid, ms):
-        table["label"] = [LABELS.get(mth, lab) if mth in COMPARED else lab
-                          for mth, lab in zip(table["method"], table["label"])]
     settings = {"weights": weights.record(), "features": extractor.settings(), "fid_sets": m.fid_sets,
                 "msssim_window": window, "real_features_cache": cache,
                 "diffusion_sets_from": "stage 04" if reuse is not None else "stage 05"}
@@ -115,15 +112,11 @@ def comparison_table(fid: pd.DataFrame, msssim: pd.DataFrame, compute: pd.DataFr
     """The headline table: per method this run's FID (mean ± sd), MS-SSIM, measured training and
     generation seconds, the extrapolated paper-scale hours, and the paper's numbers in separate
     columns labelled as the paper's (reference only: other data, resolution and sample sizes)."""
-    from ..metrics.fid import PAPER_FID
-    from ..metrics.msssim import PAPER_MSSSIM
     from .compute import method_costs
 
     f = fid.set_index("method") if len(fid) else pd.DataFrame().rename_axis("method")
     s = msssim.set_index("method") if len(msssim) else pd.DataFrame().rename_axis("method")
     costs = method_costs(compute).set_index("method")
-    paper_fid = {**PAPER_FID, "singan-published": PAPER_FID.get("singan")}
-    paper_ms = {**PAPER_MSSSIM, "singan-published": PAPER_MSSSIM.get("singan")}
     rows = []
     for method in ("real", "real-test") + COMPARED:
         fkey = "real-halves" if method == "real" else method
@@ -134,10 +127,12 @@ def comparison_table(fid: pd.DataFrame, msssim: pd.DataFrame, compute: pd.DataFr
         status = fr["status"] if fr is not None and "status" in fr else "absent"
         fid_mean, fid_sd = float(get(fr, "fid_mean")), float(get(fr, "fid_sd"))
         rows.append({
-            "method": method, "label": LABELS.get(method, method), "status": status,
+            "method": method, "status": status,
+            "label": fr["label"] if fr is not None and method in COMPARED else LABELS.get(method, method),
             "n_sets": int(get(fr, "n_sets")) if np.isfinite(get(fr, "n_sets")) else 0,
             "n_images": get(fr, "n_images") if fr is not None else "",
             "fid (mean ± sd)": _fmt(fid_mean, fid_sd), "fid_mean": fid_mean, "fid_sd": fid_sd,
+            "fid_resize": fr["resize"] if fr is not None and isinstance(fr.get("resize"), str) else "",
             "kid_mean": float(get(fr, "kid_mean")),
             "msssim_mean": float(get(sr, "msssim_mean")), "msssim_sd": float(get(sr, "msssim_sd")),
             "train_s_measured": float(get(cr, "train_s_measured")),
@@ -145,8 +140,8 @@ def comparison_table(fid: pd.DataFrame, msssim: pd.DataFrame, compute: pd.DataFr
             "device_measured": cr["device_measured"] if cr is not None else "",
             "paper_scale_h_extrapolated": float(get(cr, "paper_scale_h_extrapolated")),
             "extrapolation": cr["extrapolation"] if cr is not None else "",
-            "fid_paper_reference": paper_fid.get(method, np.nan) if method in COMPARED else np.nan,
-            "msssim_paper_reference": paper_ms.get(method, np.nan),
+            "fid_paper_reference": float(get(fr, "paper_fid")),      # like for like: see paper.like_for_like
+            "msssim_paper_reference": float(get(sr, "paper_msssim")),
             "metrics_from": fr["computed_in"] if fr is not None and "computed_in" in fr else "",
             "note": (fr["note"] if fr is not None and "note" in fr and isinstance(fr["note"], str) else ""),
         })

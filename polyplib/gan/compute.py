@@ -33,19 +33,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import paper
 from ..sampling import STYLED_METHODS
 from ..runs import Run
 from ..training import read_json
 
 #: SinGAN-Seg trained one model per real polyp image of HyperKvasir and drew 10 samples from each.
-SINGAN_SEG_IMAGES = 1000
-SINGAN_SEG_SAMPLES_PER_IMAGE = 10
+SINGAN_SEG_IMAGES = paper.SINGAN_SEG_SOURCE_IMAGES.value
+SINGAN_SEG_SAMPLES_PER_IMAGE = paper.SINGAN_SEG_SAMPLES_PER_IMAGE.value
 #: What the paper states about its own compute (reference only; never used in a computation).
-PAPER_REPORTED = {
-    "ddpm-cluster": "paper: each DDPM <= 16 h on one V100 (110k iterations); 20 cluster models <= 320 V100-h",
-    "ddpm-full": "paper: <= 16 h on one V100 (110k iterations)",
-    "guided": "paper: guided style transfer ~1 min per image on an A6000",
-}
+PAPER_REPORTED = {"ddpm-cluster": f"paper: {paper.COMPUTE_REPORTED['ddpm'].value}, per cluster model",
+                  "ddpm-full": f"paper: {paper.COMPUTE_REPORTED['ddpm'].value}",
+                  "guided": f"paper: {paper.COMPUTE_REPORTED['guided'].value}"}
 EXTRAPOLATION_NOTE = ("extrapolated: this run's measured seconds per unit x the paper-scale work; keeps this run's "
                       "model sizes, resolution and device (ignores GPU speed-up and the paper's larger models)")
 COLUMNS = ["item", "generator", "kind", "models", "unit", "work_per_model", "measured_s", "s_per_unit", "device",

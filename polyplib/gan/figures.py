@@ -179,8 +179,8 @@ def compute_figure(compute: pd.DataFrame, size=(7.5, 3.6)):
     return fig
 
 
-COMPARISON_COLUMNS = ["label", "status", "n_images", "fid (mean ± sd)", "msssim_mean", "train_s_measured",
-                      "generate_s_measured", "paper_scale_h_extrapolated", "fid_paper_reference",
+COMPARISON_COLUMNS = ["label", "status", "n_images", "fid (mean ± sd)", "fid_resize", "msssim_mean",
+                      "train_s_measured", "generate_s_measured", "paper_scale_h_extrapolated", "fid_paper_reference",
                       "msssim_paper_reference"]
 
 
@@ -188,7 +188,7 @@ def comparison_display(comparison: pd.DataFrame) -> pd.DataFrame:
     """The comparison table as notebook 05 and the study report show it: this run's numbers rounded
     to what they resolve (MS-SSIM 3 decimals, seconds 1, hours 2), '—' where there is none."""
     digits = {"msssim_mean": 3, "train_s_measured": 1, "generate_s_measured": 1,
-              "paper_scale_h_extrapolated": 2, "fid_paper_reference": 1, "msssim_paper_reference": 3}
+              "paper_scale_h_extrapolated": 2, "fid_paper_reference": 2, "msssim_paper_reference": 3}
     out = comparison[[c for c in COMPARISON_COLUMNS if c in comparison.columns]].copy()
     for column, d in digits.items():
         if column in out:

@@ -40,9 +40,7 @@ Command line (also under ``accelerate launch``)::
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -56,18 +54,20 @@ import torch.nn.functional as F
 
 from ..config import StudyConfig
 from ..diffusion.dataset import PairDataset
-from ..training import (config_key, describe_device, fresh_accelerator, load_checkpoint, open_loss_log, partial_state,
-                        read_json, resolve_device, save_checkpoint, step_seed, torch_threads, usable_checkpoints,
-                        weights_digest, write_provenance)
+from ..training import (StepLog, config_key, describe_device, final_losses, finished_folder, launch_state,
+                        make_accelerator, on_main_process, read_json, resolve_device, resume_latest, save_checkpoint,
+                        step_seed, torch_threads, trainer_arguments, weights_digest, weights_key,
+                        write_final_folder)
 from ..errors import StageError
-from ..runs import Run, atomic_dir, atomic_write_json
+from ..runs import Run, atomic_write_json
 from .diffaugment import diff_augment, parse_policy
 from .models import Generator, GanArch, build_models, count_parameters
 
 #: gan.* values that decide the GAN's weights (the rest are SinGAN-Seg, sampling or bookkeeping)
 WEIGHT_KEYS = ("base_channels", "z_dim", "learning_rate", "batch_size", "max_steps", "r1_gamma", "diffaugment",
                "ema_decay", "mixed_precision", "seed")
-LOSS_COLUMNS = "step,loss_d,loss_g,d_real,d_fake,r1,ema_decay,lr,images,elapsed_s\n"
+LOGGED = ("loss_d", "loss_g", "d_real", "d_fake", "r1", "ema_decay")   # a step's values in loss.csv
+LOSS_COLUMNS = ",".join(("step", *LOGGED, "lr", "images", "elapsed_s")) + "\n"
 BETAS = (0.5, 0.999)
 GRID_SAMPLES = 8
 GRID_SEED = 12345
@@ -94,26 +94,16 @@ class GanTrainResult:
 def model_key(cfg: StudyConfig, ids: Sequence[str], processes: int) -> str:
     """Hash of everything that decides the GAN's weights: gan settings, data, ids, process count."""
     gan = {k: v for k, v in cfg.gan.model_dump(mode="json").items() if k in WEIGHT_KEYS}
-    data = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k != "root"}
-    return config_key({"gan": gan, "data": data, "ids": sorted(ids), "processes": processes})
+    return weights_key("gan", gan, cfg, ids, processes)
 
 
-def resolve_gan_precision(setting: str, device: torch.device) -> str:
-    """gan.mixed_precision=auto: bf16 on CUDA GPUs that have it, else full precision.
+def make_gan_accelerator(cfg: StudyConfig):
+    """A fresh Accelerator for the GAN; ``gan.mixed_precision=auto``: bf16 on CUDA GPUs that have it, else
+    full precision.
 
     Not fp16: the R1 penalty differentiates D's gradient, which a loss scaler does not protect. Not
     bf16 on the CPU either: for these small convolutions CPU autocast measured slower than fp32."""
-    if setting != "auto":
-        return setting
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
-
-
-def make_accelerator(cfg: StudyConfig):
-    """A fresh Accelerator for the GAN (precision from ``gan.mixed_precision``)."""
-    device = resolve_device(cfg.run.device)
-    return fresh_accelerator(device, resolve_gan_precision(cfg.gan.mixed_precision, device))
+    return make_accelerator(cfg.run.device, cfg.gan.mixed_precision, fp16=False, cpu_bf16=False)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -123,10 +113,7 @@ def gan_dir(run: Run) -> Path:
 
 def is_finished(folder: str | Path, key: str | None = None) -> bool:
     """A complete GAN folder (optionally: trained with this model key)."""
-    folder = Path(folder)
-    state = read_json(folder / "train_state.json")
-    return bool(state and state.get("finished") and (folder / "generator_ema.safetensors").exists()
-                and (folder / "arch.json").exists() and (key is None or state.get("key") == key))
+    return finished_folder(folder, key, ["generator_ema.safetensors", "arch.json"])
 
 
 def load_generator(folder: str | Path, device: str | torch.device = "cpu", which: str = "ema") -> Generator:
@@ -187,7 +174,7 @@ class GanTrainer:
 
     # -- setup
     def _setup(self):
-        acc = self.accelerator = make_accelerator(self.cfg)
+        acc = self.accelerator = make_gan_accelerator(self.cfg)
         self.dataset = PairDataset(self.prepared, self.ids, hflip=True, seed=self.gan.seed)
         self.arch = GanArch(self.dataset.resolution, self.gan.z_dim, self.gan.base_channels)
         g, d = build_models(self.arch, self.gan.seed)
@@ -201,25 +188,17 @@ class GanTrainer:
     # -- checkpoints
     def _resume_point(self, force: bool) -> tuple[int, float, int]:
         """Load the latest matching checkpoint (stale or forced ones are deleted): (step, seconds, sessions)."""
-        usable = usable_checkpoints(self.accelerator, self.folder / "checkpoints", self.key, force, self.name)
-        if not usable:
+        step, state = resume_latest(self.accelerator, self.folder / "checkpoints", self.key, force, self.name)
+        if not step:
             return 0, 0.0, 0
-        step, path = usable[-1]
-        load_checkpoint(self.accelerator, path)
-        state = read_json(path / "trainer_state.json") or {}
         return step, float(state.get("seconds", 0.0)), int(state.get("sessions", 1))
 
     def _save_checkpoint(self, step: int, seconds: float, sessions: int) -> None:
-        acc = self.accelerator
-        save_checkpoint(acc, self.folder / "checkpoints", step, {
-            "key": self.key, "name": self.name, "processes": acc.num_processes,
-            "mixed_precision": acc.mixed_precision, "seconds": round(seconds, 3), "sessions": sessions,
+        save_checkpoint(self.accelerator, self.folder / "checkpoints", step, {
+            "key": self.key, "name": self.name, "seconds": round(seconds, 3), "sessions": sessions,
             "device": self.device_text}, self.cfg, self.ids, self.gan.checkpoints_total_limit)
 
-    # -- logs and samples
-    def _open_loss_log(self, step: int):
-        return open_loss_log(self.folder / "loss.csv", LOSS_COLUMNS, step)
-
+    # -- samples
     def _sample_grid(self, step: int) -> None:
         """EMA generator, fixed z: samples/step-N.png (top: images, bottom: mask overlays)."""
         from ..data.imageio import write_png
@@ -276,21 +255,17 @@ class GanTrainer:
     # -- the loop
     def run(self, force: bool = False, stop_after: int | None = None) -> GanTrainResult:
         """Train to ``gan.max_steps`` (resuming); ``stop_after``: stop after that step, as if killed."""
-        from tqdm import tqdm
-
         session_start = time.time()
-        self.key = model_key(self.cfg, self.ids, partial_state(resolve_device(self.cfg.run.device)).num_processes)
+        self.key = model_key(self.cfg, self.ids, launch_state(self.cfg.run.device).num_processes)
         if not force and is_finished(self.folder, self.key):
             return self._result("cached")
         with torch_threads(self.cfg.run.torch_threads, resolve_device(self.cfg.run.device)):
-            return self._train(force, stop_after, session_start, tqdm)
+            return self._train(force, stop_after, session_start)
 
-    def _train(self, force: bool, stop_after: int | None, session_start: float, tqdm) -> GanTrainResult:
+    def _train(self, force: bool, stop_after: int | None, session_start: float) -> GanTrainResult:
         self._setup()
         acc, gan = self.accelerator, self.gan
-        if acc.is_main_process:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
+        on_main_process(acc, lambda: self.folder.mkdir(parents=True, exist_ok=True))
         step, before, sessions = self._resume_point(force)
         start = step
         sessions += 1
@@ -302,77 +277,55 @@ class GanTrainer:
                   f"{gan.batch_size} x {acc.num_processes} process(es), G {count_parameters(self.ema.module):,} "
                   f"parameters, precision {acc.mixed_precision}, {self.device_text}"
                   + (f", resuming from step {step}" if step else ""))
-        log = self._open_loss_log(step) if acc.is_main_process else None
-        bar = tqdm(total=gan.max_steps, initial=step, desc=self.name, dynamic_ncols=True,
-                   disable=not (acc.is_local_main_process and self.cfg.run.progress))
         self.g.train()
         self.d.train()
-        try:
+        with StepLog(acc, self.folder / "loss.csv", LOSS_COLUMNS, step, gan.max_steps, self.name,
+                     self.cfg.run.progress) as log:
             while step < gan.max_steps and (stop_after is None or step < stop_after):
                 values = self._step(step)
                 step += 1
-                bar.update(1)
-                bar.set_postfix(d=f"{values['loss_d']:.3f}", g=f"{values['loss_g']:.3f}")
-                if log is not None:
-                    log.write(f"{step},{values['loss_d']:.6g},{values['loss_g']:.6g},{values['d_real']:.6g},"
-                              f"{values['d_fake']:.6g},{values['r1']:.6g},{values['ema_decay']:.6g},"
-                              f"{gan.learning_rate:g},{step * gan.batch_size * acc.num_processes},{elapsed():.3f}\n")
-                    log.flush()
+                log.record(step, [values[c] for c in LOGGED], gan.learning_rate,
+                           step * gan.batch_size * acc.num_processes, elapsed(),
+                           d=f"{values['loss_d']:.3f}", g=f"{values['loss_g']:.3f}")
                 if step % gan.checkpoint_every == 0 and step < gan.max_steps:
                     self._save_checkpoint(step, elapsed(), sessions)
-                    if acc.is_main_process:
-                        self._sample_grid(step)
-                    acc.wait_for_everyone()
-        finally:
-            bar.close()
-            if log is not None:
-                log.close()
+                if step % gan.checkpoint_every == 0 or step == gan.max_steps:   # with each checkpoint, and at the end
+                    on_main_process(acc, self._sample_grid, step)
         if step < gan.max_steps:
             return self._result("stopped", step, elapsed())
-        if acc.is_main_process:
-            self._sample_grid(step)
         self._finish(step, elapsed(), sessions)
         return self._result("resumed" if start else "trained", step)
 
     def _finish(self, step: int, seconds: float, sessions: int) -> None:
-        """Write the final folder (EMA, raw G, D, arch, provenance, logs) atomically."""
-        from accelerate.utils import gather_object
+        """The final folder (EMA, raw G, D, arch, provenance, logs), written atomically."""
         from safetensors.torch import save_file
 
         acc = self.accelerator
         g, d = acc.unwrap_model(self.g), acc.unwrap_model(self.d)
-        digests = gather_object([{"rank": acc.process_index, "generator": weights_digest(g),
-                                  "ema": weights_digest(self.ema.module)}])
-        if acc.is_main_process:
+
+        def write_weights(tmp: Path) -> None:
             state = lambda m: {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}  # noqa: E731
-            with atomic_dir(self.folder) as tmp:
-                save_file(state(self.ema.module), str(tmp / "generator_ema.safetensors"))
-                save_file(state(g), str(tmp / "generator.safetensors"))
-                save_file(state(d), str(tmp / "discriminator.safetensors"))
-                atomic_write_json(tmp / "arch.json", self.arch.to_dict())
-                write_provenance(tmp, self.cfg, self.ids)
-                atomic_write_json(tmp / "train_state.json", {
-                    "finished": True, "key": self.key, "name": self.name, "steps": step, "pairs": len(self.ids),
-                    "batch_size": self.gan.batch_size, "images": step * self.gan.batch_size * acc.num_processes,
-                    "processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
-                    "seconds": round(seconds, 3), "seconds_cumulative": True, "sessions": sessions,
-                    "seconds_per_step": round(seconds / max(step, 1), 6), "device": self.device_text,
-                    "generator_parameters": count_parameters(g), "discriminator_parameters": count_parameters(d),
-                    "rank_digests": digests, "weights": "EMA (generator_ema) is the sampling generator"})
-                for item in ("loss.csv", "samples"):
-                    if (self.folder / item).exists():
-                        os.replace(self.folder / item, tmp / item)
-        acc.wait_for_everyone()
+            save_file(state(self.ema.module), str(tmp / "generator_ema.safetensors"))
+            save_file(state(g), str(tmp / "generator.safetensors"))
+            save_file(state(d), str(tmp / "discriminator.safetensors"))
+            atomic_write_json(tmp / "arch.json", self.arch.to_dict())
+
+        write_final_folder(acc, self.folder, self.cfg, self.ids,
+                           {"generator": weights_digest(g), "ema": weights_digest(self.ema.module)}, {
+                               "key": self.key, "name": self.name, "steps": step, "pairs": len(self.ids),
+                               "batch_size": self.gan.batch_size,
+                               "images": step * self.gan.batch_size * acc.num_processes,
+                               "seconds": round(seconds, 3), "seconds_cumulative": True, "sessions": sessions,
+                               "seconds_per_step": round(seconds / max(step, 1), 6), "device": self.device_text,
+                               "generator_parameters": count_parameters(g),
+                               "discriminator_parameters": count_parameters(d),
+                               "weights": "EMA (generator_ema) is the sampling generator"},
+                           write_weights, {item: self.folder / item for item in ("loss.csv", "samples")})
 
     def _result(self, status: str, step: int | None = None, seconds: float | None = None) -> GanTrainResult:
         state = read_json(self.folder / "train_state.json") or {}
         acc = getattr(self, "accelerator", None)
-        loss_d = loss_g = None
-        if (self.folder / "loss.csv").exists():
-            df = pd.read_csv(self.folder / "loss.csv")
-            if len(df):
-                tail = df.tail(max(1, len(df) // 10))
-                loss_d, loss_g = float(tail["loss_d"].mean()), float(tail["loss_g"].mean())
+        loss_d, loss_g = final_losses(self.folder / "loss.csv", ["loss_d", "loss_g"])
         return GanTrainResult(
             self.name, len(self.ids), status, step if step is not None else state.get("steps", 0), loss_d, loss_g,
             acc.mixed_precision if acc else state.get("mixed_precision", "?"),
@@ -484,13 +437,9 @@ def sample_gan(run: Run, force: bool = False) -> dict:
 
 # ----------------------------------------------------------------------------- command line
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m polyplib.gan.train", description=(
-        "Train the stage-05 4-channel GAN; under `accelerate launch` the same training runs data-parallel."))
-    parser.add_argument("--profile", default="smoke", help="profile name or YAML path")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--run-dir", default=None, help="run folder (default runs/<profile>)")
-    parser.add_argument("--force", action="store_true", help="discard checkpoints and the finished model, retrain")
-    parser.add_argument("--stop-after", type=int, default=None, help="stop after this step, as if killed")
+    parser = trainer_arguments("python -m polyplib.gan.train", (
+        "Train the stage-05 4-channel GAN; under `accelerate launch` the same training runs data-parallel."),
+        "the finished model")
     parser.add_argument("--sample", action="store_true", help="then write synthetic/gan (main process)")
     args = parser.parse_args(argv)
 
@@ -498,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run = open_run(args.profile, args.overrides, args.run_dir)
     result = train_gan(run, force=args.force, stop_after=args.stop_after)
-    state = partial_state(resolve_device(run.cfg.run.device))
+    state = launch_state(run.cfg.run.device)
     if state.is_main_process:
         print(json.dumps(asdict(result)))
         if args.sample and result.status != "stopped":

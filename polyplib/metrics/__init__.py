@@ -24,10 +24,11 @@ import pandas as pd
 
 from ..errors import StageError
 from ..runs import Run, atomic_write_json
-from .fid import (PAPER_FID, RESIZE_POLICY, InceptionFeatures, cached_features, fid_from_features,
+from .. import paper
+from .fid import (RESIZE_POLICY, InceptionFeatures, cached_features, fid_from_features,
                   kid_from_features, real_halves)
 from .inception_weights import locate_fid_helper_weights, resolve_fid_weights
-from .msssim import PAPER_MSSSIM, msssim_pairs
+from .msssim import msssim_pairs
 from .review import REVIEW_SOURCES, choose_items, cohen_kappa, score_review, write_kit
 from ..training import resolve_device
 
@@ -35,7 +36,8 @@ __all__ = ["evaluate", "load_tables", "discover_sets", "SetInfo", "locate_fid_he
            "resolve_fid_weights", "score_review", "cohen_kappa", "METHOD_LABELS"]
 
 #: Methods in the paper's table order (folders under synthetic/), with their display names.
-METHOD_LABELS = {"singan": "SinGAN-Seg", "gan": "4-channel GAN", "diff": "Diff", "full-diff": "Full-Diff",
+METHOD_LABELS = {"singan": "SinGAN-Seg (trained here)", "singan-published": "SinGAN-Seg (published set)",
+                 "gan": "4-channel GAN", "diff": "Diff", "full-diff": "Full-Diff",
                  "styled-diff": "Styled-Diff", "full-styled-diff": "Full-Styled-Diff",
                  "mkl-diff": "Diff + colour match (MKL only)", "mkl-full-diff": "Full-Diff + colour match (MKL only)",
                  "full-diff-fixed-sigma": "Full-Diff, fixed sigma (ablation)",
@@ -43,7 +45,6 @@ METHOD_LABELS = {"singan": "SinGAN-Seg", "gan": "4-channel GAN", "diff": "Diff",
 #: the paper's sets, always listed (absent ones as absent); the others only when the run plans them
 PAPER_SETS = ("singan", "gan", "diff", "full-diff", "styled-diff", "full-styled-diff")
 UNCOND = re.compile(r"^uncond-(?P<sampler>.+)-(?P<steps>\d+)$")
-RESIZE_SHORT = "stored size -> 299 px (torch-fidelity TF1 bilinear)"
 KID_SUBSETS = 100
 
 
@@ -57,10 +58,40 @@ class SetInfo:
     protocol: str = ""
     sets: list[list[str]] = field(default_factory=list)   # pair ids of each set
     note: str = ""
+    sources: int | None = None            # distinct source images of its accepted pairs (None: not recorded)
 
     @property
     def label(self) -> str:
+        if self.method == "singan" and self.sources is not None:
+            return singan_label(self.sources)
         return METHOD_LABELS.get(self.method, self.method)
+
+    @property
+    def paper_key(self) -> str | None:
+        """The paper set whose numbers may stand beside this one (None: none may; see paper.like_for_like)."""
+        return paper.like_for_like(self.method, self.sources)
+
+
+def singan_label(sources: int) -> str:
+    """SinGAN-Seg trained here names its N: the paper's set was made from SinGAN-Seg's 1000 images."""
+    return f"SinGAN-Seg (trained here, N = {sources} source image{'s' if sources != 1 else ''})"
+
+
+def source_count(manifest: pd.DataFrame) -> int | None:
+    """Distinct source frames of the accepted pairs of a manifest (None when it records none)."""
+    m = _accepted(manifest)
+    if "source_id" not in m:
+        return None
+    ids = m["source_id"].astype(str).str.strip()
+    return int(ids[(ids != "") & (ids != "nan")].nunique())
+
+
+def singan_sources(run: Run) -> int | None:
+    """How many source images the SinGAN-Seg set trained here (synthetic/singan) was made from."""
+    from ..data.prepared import PreparedSet
+
+    folder = run.path("synthetic", "singan")
+    return source_count(PreparedSet(folder).manifest) if (folder / "manifest.csv").is_file() else None
 
 
 def _accepted(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -101,6 +132,7 @@ def discover_sets(run: Run, fid_sets: int, expected: list[str] | None = None) ->
         else:
             manifest = PreparedSet(folder).manifest
             info.sets, info.protocol = split_sets(manifest, fid_sets)
+            info.sources = source_count(manifest)
             if not info.sets or not info.sets[0]:
                 info.status, info.note, info.sets = "empty", "no accepted pairs", []
         out[method] = info
@@ -127,24 +159,26 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- FID / KID
 def _summary(method: str, label: str, protocol: str, n_images: str, pairs: list[tuple[np.ndarray, np.ndarray]],
-             size: str, kid_subset_size: int, seed: int, note: str = "") -> dict:
-    """One table row: FID and KID of each (set, reference) feature pair, mean ± sd over the pairs."""
+             size: str, m, resize: str, note: str = "", paper_key: str | None = None) -> dict:
+    """One table row: FID and KID of each (set, reference) feature pair, mean ± sd over the pairs;
+    ``m`` is the metrics section, ``resize`` the name of the resize protocol that made the features."""
     fids = [fid_from_features(a, b) for a, b in pairs]
-    kids = [kid_from_features(a, b, kid_subset_size, KID_SUBSETS, seed) for a, b in pairs]
+    kids = [kid_from_features(a, b, m.kid_subset_size, KID_SUBSETS, m.seed) for a, b in pairs]
     fid_mean, fid_sd = _mean_sd(fids)
     kid_mean, kid_sd = _mean_sd([k["kid_mean"] for k in kids])
     return {"method": method, "label": label, "status": "ok", "n_sets": len(fids), "protocol": protocol,
             "n_images": n_images, "fid_mean": fid_mean, "fid_sd": fid_sd,
             "fid_per_set": "; ".join(f"{v:.3f}" for v in fids), "kid_mean": kid_mean, "kid_sd": kid_sd,
             "kid_subset_size": min(k["kid_subset_size"] for k in kids), "n_real": len(pairs[0][1]),
-            "image_size": size, "resize": RESIZE_SHORT, "paper_fid": PAPER_FID.get(method, np.nan), "note": note}
+            "image_size": size, "resize": resize, "paper_fid": paper.fid(paper_key),
+            "paper_fid_per_set": paper.fid_per_set(paper_key), "note": note}
 
 
 def _absent_row(info: SetInfo, kind: str) -> dict:
     return {"method": info.method, "label": info.label, "status": info.status, "n_sets": 0,
             "protocol": info.protocol, "note": info.note,
-            **({"paper_fid": PAPER_FID.get(info.method, np.nan)} if kind == "fid"
-               else {"paper_msssim": PAPER_MSSSIM.get(info.method, np.nan)})}
+            **({"paper_fid": paper.fid(info.paper_key)} if kind == "fid"
+               else {"paper_msssim": paper.msssim(info.paper_key)})}
 
 
 def _method_row(info: SetInfo, extractor: InceptionFeatures, real: np.ndarray, m) -> dict:
@@ -157,8 +191,8 @@ def _method_row(info: SetInfo, extractor: InceptionFeatures, real: np.ndarray, m
         print(f"FID {info.method}: set {k + 1}/{len(info.sets)} ({len(ids)} images)")
         feats.append(extractor(_images(info.folder, ids)))
     return _summary(info.method, info.label, info.protocol, "/".join(str(len(f)) for f in feats),
-                    [(f, real) for f in feats], _size(_images(info.folder, info.sets[0][:1])),
-                    m.kid_subset_size, m.seed)
+                    [(f, real) for f in feats], _size(_images(info.folder, info.sets[0][:1])), m,
+                    extractor.protocol, paper_key=info.paper_key)
 
 
 def fid_tables(run: Run, extractor: InceptionFeatures,
@@ -178,13 +212,13 @@ def fid_tables(run: Run, extractor: InceptionFeatures,
     rows = [_summary("real-halves", "Real vs real (disjoint halves)",
                      f"{len(halves)} seeded random splits of the training images",
                      f"{len(halves[0][0])} vs {len(halves[0][1])}",
-                     [(real.features[a], real.features[b]) for a, b in halves], size, m.kid_subset_size, m.seed,
+                     [(real.features[a], real.features[b]) for a, b in halves], size, m, extractor.protocol,
                      note="reference: FID of real against real at this n")]
     if len(test) >= 2:
         held_out = cached_features(f"{ds.name}-test", test, [ds.paths(i)[0] for i in test], extractor, m.cache_dir)
         rows.append(_summary("real-test", "Real held-out test vs train", "the held-out real test images, one set",
-                             str(len(test)), [(held_out.features, real.features)], size, m.kid_subset_size,
-                             m.seed, note="reference: unseen real images"))
+                             str(len(test)), [(held_out.features, real.features)], size, m, extractor.protocol,
+                             note="reference: unseen real images"))
     steps_rows = []
     for method, info in sets.items():
         row = _method_row(info, extractor, real.features, m)
@@ -229,7 +263,7 @@ def msssim_table(run: Run, sets: dict[str, SetInfo]) -> tuple[pd.DataFrame, dict
                      "n_images": "/".join(str(len(s)) for s in info.sets), "n_pairs": m.msssim_pairs,
                      "msssim_mean": mean, "msssim_sd": sd, "pair_sd": float(np.mean(sds)),
                      "win_size": window["win_size"], "win_sigma": window["win_sigma"], "scales": window["scales"],
-                     "image_size": _size(images[:1]), "paper_msssim": PAPER_MSSSIM.get(method, np.nan), "note": ""})
+                     "image_size": _size(images[:1]), "paper_msssim": paper.msssim(info.paper_key), "note": ""})
     return pd.DataFrame(rows), window
 
 
@@ -280,12 +314,13 @@ def _compute(run: Run) -> dict[str, pd.DataFrame]:
     m = run.cfg.metrics
     weights = resolve_fid_weights(m.fid_weights, m.cache_dir)   # first: no weights, no FID, nothing written
     print(f"FID Inception weights: {weights.path} ({weights.origin}, sha256 {weights.sha256[:12]}…)")
-    extractor = InceptionFeatures(weights, device=run.cfg.run.device)
+    extractor = InceptionFeatures(weights, device=run.cfg.run.device, resize=m.fid_resize)
     sets = discover_sets(run, m.fid_sets, _expected(run))
     fid, steps, cache = fid_tables(run, extractor, sets)
     msssim, window = msssim_table(run, sets)
     kit = review_kit(run, sets)
-    settings = {"weights": weights.record(), "features": extractor.settings(), "resize_policy": RESIZE_POLICY,
+    settings = {"weights": weights.record(), "features": extractor.settings(), "fid_resize": extractor.resize,
+                "resize": extractor.protocol, "resize_policy": RESIZE_POLICY[extractor.resize],
                 "fid_sets": m.fid_sets, "kid_subset_size": m.kid_subset_size, "kid_subsets": KID_SUBSETS,
                 "seed": m.seed, "real_features_cache": cache,
                 "note": "FID is biased upwards at small n; compare numbers only at equal n and image size"}

@@ -1,6 +1,8 @@
 """Figures and display tables of stage 04: FID and MS-SSIM per method in the paper's format (the
 paper's numbers as a labelled reference column), bars with error bars, FID against sampler steps,
-and the blinded review items. Figures are saved by the notebook with :func:`polyplib.plots.save_figure`."""
+and the blinded review items. Every FID shown names the resize protocol that made it (``metrics.fid_resize``:
+clean-fid's, as the paper, or the legacy TF one): the two give different numbers for the same images.
+Figures are saved by the notebook with :func:`polyplib.plots.save_figure`."""
 from __future__ import annotations
 
 import numpy as np
@@ -37,11 +39,27 @@ def _display(table: pd.DataFrame, value: str, sd: str, paper: str, name: str, di
     return out.set_index("method")
 
 
+RESIZE_COLUMN = "FID resize"
+
+
+def _resize(table: pd.DataFrame) -> list[str]:
+    """Each row's resize protocol ('' where no FID was computed)."""
+    return table.get("resize", pd.Series("", index=table.index)).fillna("").astype(str).tolist()
+
+
+def _with_protocol(title: str, table: pd.DataFrame) -> str:
+    """A figure's title followed by the resize protocol(s) of the FIDs it shows."""
+    names = "; ".join(sorted({r for r in _resize(table) if r}))
+    return f"{title}\n({names})" if names else title
+
+
 def fid_display(fid: pd.DataFrame) -> pd.DataFrame:
-    """The FID table as the paper prints it (Method | FID), plus KID, n and the paper's column."""
+    """The FID table as the paper prints it (Method | FID), plus KID, the resize protocol, n and the
+    paper's column."""
     out = _display(fid, "fid_mean", "fid_sd", "paper_fid", "FID", 1)
     if not fid.empty:
         out.insert(1, "KID x 1000", [_pm(1000 * m, 1000 * s, 2) for m, s in zip(fid["kid_mean"], fid["kid_sd"])])
+        out.insert(2, RESIZE_COLUMN, _resize(fid))
     return out
 
 
@@ -57,10 +75,11 @@ def msssim_display(msssim: pd.DataFrame) -> pd.DataFrame:
 def steps_display(steps: pd.DataFrame) -> pd.DataFrame:
     """FID of the unconditional sets by sampler and number of steps."""
     if steps.empty:
-        return pd.DataFrame(columns=["sampler", "steps", "FID (n=1 set)", "KID x 1000", "images", "status"])
+        return pd.DataFrame(columns=["sampler", "steps", "FID (n=1 set)", "KID x 1000", RESIZE_COLUMN, "images",
+                                     "status"])
     return pd.DataFrame({"sampler": steps["sampler"], "steps": steps["steps"],
                          "FID (n=1 set)": steps["fid_mean"].round(1), "KID x 1000": (1000 * steps["kid_mean"]).round(2),
-                         "images": steps["n_images"], "status": steps["status"]})
+                         RESIZE_COLUMN: _resize(steps), "images": steps["n_images"], "status": steps["status"]})
 
 
 def _present(table: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -94,7 +113,7 @@ def metric_bars(table: pd.DataFrame, value: str, sd: str, paper: str, ylabel: st
 
 def fid_bars(fid: pd.DataFrame):
     return metric_bars(fid, "fid_mean", "fid_sd", "paper_fid", "FID vs real training images (lower = closer)",
-                       "Fidelity: FID per method")
+                       _with_protocol("Fidelity: FID per method", fid))
 
 
 def msssim_bars(msssim: pd.DataFrame):
@@ -129,7 +148,7 @@ def fid_vs_steps(steps: pd.DataFrame, fid: pd.DataFrame | None = None):
         ax.legend(fontsize=8)
     ax.set_xlabel("sampler steps (log scale)")
     ax.set_ylabel("FID vs real training images")
-    ax.set_title("Unconditional samples: FID against steps")
+    ax.set_title(_with_protocol("Unconditional samples: FID against steps", df))
     fig.tight_layout()
     return fig
 

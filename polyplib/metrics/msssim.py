@@ -18,9 +18,6 @@ WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 WIN_SIGMA = 1.5
 MAX_WIN = 11
 
-#: The paper's MS-SSIM within a set (draft; GAN/Diff/Styled read as approximate) - a reference only.
-PAPER_MSSSIM = {"real": 0.181, "singan": 0.20, "gan": 0.20, "diff": 0.21, "full-diff": 0.21,
-                "styled-diff": 0.23, "full-styled-diff": 0.23}
 
 
 def window_for(min_side: int) -> dict:

@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .. import paper
 from ..errors import StageError
 from ..runs import atomic_write_text
 
@@ -24,25 +25,22 @@ from ..runs import atomic_write_text
 REVIEW_SOURCES = {"real": None, "diff": "diff", "styled": "styled-diff"}
 RATING_COLUMNS = ["item", "rater", "image_quality", "mask_quality", "judged", "comment"]
 KEY_COLUMNS = ["item", "source", "method", "pair_id", "source_id"]
-#: The paper's Table 7 (draft): per source, (judged real, judged fake) out of 10. Reference only.
-PAPER_TABLE7 = {"real": (4, 6), "diff": (3, 7), "styled": (3, 7)}
 
 
 # ----------------------------------------------------------------------------- Cohen's kappa
 def cohen_kappa(a: Sequence, b: Sequence, labels: Sequence | None = None) -> float:
-    """Cohen's kappa of two label sequences: (p_o - p_e) / (1 - p_e); NaN when p_e = 1 (undefined)."""
+    """Cohen's kappa of two label sequences (scikit-learn's ``cohen_kappa_score``).
+
+    NaN, without a warning, when both give every item the same one label: chance agreement is then 1
+    and kappa 0/0, and reporting 0 or 1 would claim a (dis)agreement nobody measured."""
+    from sklearn.metrics import cohen_kappa_score
+
     a, b = list(a), list(b)
     if len(a) != len(b) or not a:
         raise ValueError(f"kappa needs two non-empty sequences of equal length, got {len(a)} and {len(b)}")
-    labels = list(labels) if labels is not None else sorted(set(a) | set(b), key=str)
-    index = {lab: k for k, lab in enumerate(labels)}
-    table = np.zeros((len(labels), len(labels)))
-    for x, y in zip(a, b):
-        table[index[x], index[y]] += 1
-    n = table.sum()
-    p_o = np.trace(table) / n
-    p_e = float(table.sum(1) @ table.sum(0)) / n ** 2
-    return float("nan") if np.isclose(p_e, 1.0) else float((p_o - p_e) / (1 - p_e))
+    if len(set(a) | set(b)) == 1:
+        return float("nan")
+    return float(cohen_kappa_score(a, b, labels=labels))
 
 
 # ----------------------------------------------------------------------------- building the kit
@@ -235,7 +233,7 @@ def score_review(filled, key: str | Path | pd.DataFrame) -> dict:
     table.columns.name = None
     table["total"] = table.sum(axis=1)
     table["paper (judged real / fake of 10)"] = [
-        "{} / {}".format(*PAPER_TABLE7[s]) if s in PAPER_TABLE7 else "" for s in table.index]
+        "{} / {}".format(*paper.REVIEW[s].value) if s in paper.REVIEW else "" for s in table.index]
     per_rater = pd.DataFrame([
         {"rater": r, "n": len(g), "accuracy": float((g["truth"] == g["judged"]).mean()),
          "kappa_vs_truth": cohen_kappa(g["truth"], g["judged"], ["real", "fake"])}

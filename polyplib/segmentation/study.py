@@ -32,14 +32,6 @@ CONFIG_COLUMNS = ["regime", "source", "n_real", "per_real", "augmentation", "mod
 GROUP_COLUMNS = CONFIG_COLUMNS[:-1]
 _KEY_VERSION = 1
 
-#: The paper's numbers (IoU on its 200 real test images, Sep-2023 draft; see STUDY.md). Its "GAN"
-#: baseline is SinGAN-Seg, our source "singan".
-PAPER_IOU = {
-    "T3": {("real", None, 0): 0.809, ("synthetic", "singan", 1): 0.579, ("synthetic", "diff", 1): 0.595,
-           ("synthetic", "styled-diff", 1): 0.684, ("synthetic", "styled-diff", 3): 0.740},
-    "T4": {("real", None): 0.809, ("mixed", "singan"): 0.802, ("mixed", "styled-diff"): 0.808},
-    "T5": {16: (0.526, 0.607), 32: (0.620, 0.681), 64: (0.693, 0.729), 128: (0.798, 0.753)},
-}
 
 
 @dataclass(frozen=True)
@@ -344,34 +336,43 @@ def _cell(summary: pd.DataFrame, metric: str = "iou", **match) -> str:
     return _fmt(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"])
 
 
-def paper_tables(summary: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.DataFrame]:
+def paper_tables(summary: pd.DataFrame, run: Run) -> dict[str, pd.DataFrame]:
     """Tables 3-6 in the paper's layout: this run's mean [95 % CI] beside the paper's IoU.
 
     T3 synthetic only (IoU), T4 real vs real + synthetic with/without Control (IoU), T5 small real
     sets alone and + the small_source set per r (IoU), T6 the same small-data study in Dice. The
-    paper's numbers are those kept in STUDY.md (its draft); cells without one are empty."""
+    paper's numbers come from :mod:`polyplib.paper`, only beside the set that was made like the
+    paper's (a SinGAN-Seg trained here names its N source images and gets none); cells without one
+    are empty. Table 6 has no paper column (its values are not held)."""
+    from .. import paper
+    from ..metrics import singan_sources as count_singan_sources
+
+    cfg, singan_sources = run.cfg, count_singan_sources(run)
     s, aug0, m0 = cfg.segmentation, primary_augmentation(cfg), cfg.segmentation.models[0]
+    ref = {src: paper.like_for_like(src, singan_sources) for src in s.sources}
+    row_name = {src: f"{src} (trained here, N = {singan_sources})" if src == "singan" and singan_sources is not None
+            else src for src in s.sources}
     base = dict(model=m0, n_real="all")
     sources = [x for x in s.sources if (summary["source"].astype(str) == x).any()]
     t3 = [{"training data": "real", "N synthetic per real": "—",
            "IoU (this run)": _cell(summary, regime="real", augmentation=aug0, **base),
-           "IoU (paper)": PAPER_IOU["T3"].get(("real", None, 0))}]
+           "IoU (paper)": paper.iou_synthetic_only("real", 0)}]
     for src in sources:
         for n in s.synthetic_per_real:
-            t3.append({"training data": f"{src} only", "N synthetic per real": n,
+            t3.append({"training data": f"{row_name[src]} only", "N synthetic per real": n,
                        "IoU (this run)": _cell(summary, regime="synthetic", source=src, per_real=n,
                                                augmentation=aug0, **base),
-                       "IoU (paper)": PAPER_IOU["T3"].get(("synthetic", src, n))})
+                       "IoU (paper)": paper.iou_synthetic_only(ref[src], n)})
     t4 = []
     for aug in s.augmentation:
         t4.append({"training data": "real", "augmentation": aug,
                    "IoU (this run)": _cell(summary, regime="real", augmentation=aug, **base),
-                   "IoU (paper)": PAPER_IOU["T4"].get(("real", None)) if aug == "control" else None})
+                   "IoU (paper)": paper.iou_real_plus("real") if aug == "control" else None})
         for src in sources:
-            t4.append({"training data": f"real + {src} (r={s.mix_r_full})", "augmentation": aug,
+            t4.append({"training data": f"real + {row_name[src]} (r={s.mix_r_full})", "augmentation": aug,
                        "IoU (this run)": _cell(summary, regime="mixed", source=src, per_real=s.mix_r_full,
                                                augmentation=aug, **base),
-                       "IoU (paper)": PAPER_IOU["T4"].get(("mixed", src)) if aug == "control" else None})
+                       "IoU (paper)": paper.iou_real_plus(ref[src]) if aug == "control" else None})
     small_src = s.small_source if s.small_source in sources else (sources[0] if sources else None)
     small = {}
     for metric, table in (("iou", "T5"), ("dice", "T6")):
@@ -383,10 +384,10 @@ def paper_tables(summary: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.DataFr
                 row[f"+{small_src} r={r} (this run)"] = _cell(summary, metric, regime="mixed", source=small_src,
                                                              n_real=n, per_real=r, augmentation=aug0, model=m0)
             if metric == "iou":
-                paper = PAPER_IOU["T5"].get(n, (None, None))
-                row["real (paper)"] = paper[0]
-                if small_src == "styled-diff":   # a paper value only beside the method that made it
-                    row["+styled-diff best r (paper)"] = paper[1]
+                real_iou, styled_iou = paper.IOU_SMALL[n].value if n in paper.IOU_SMALL else (None, None)
+                row["real (paper)"] = real_iou
+                if small_src == paper.SMALL_SOURCE:   # a paper value only beside the method that made it
+                    row[f"+{small_src} best r (paper)"] = styled_iou
             rows.append(row)
         small[table] = pd.DataFrame(rows)
     out = {"T3": pd.DataFrame(t3), "T4": pd.DataFrame(t4), **small}
@@ -423,7 +424,7 @@ def run_study(run: Run, force: bool = False) -> pd.DataFrame:
         for name, table in (("06_sources", sources.drop(columns="folder")), ("06_per_image", per_image),
                             ("06_summary", summary), ("06_paired", paired), ("06_segmentation", results)):
             run.save_table(name, table, stage=STAGE)
-        for name, table in paper_tables(summary, run.cfg).items():
+        for name, table in paper_tables(summary, run).items():
             run.save_table(f"06_table{name[1:]}", table, stage=STAGE)
         return results
 

@@ -1,0 +1,290 @@
+"""What separates a run from the paper, setting by setting, computed from the configuration.
+
+Every line compares the resolved configuration with :mod:`polyplib.paper` and is one of:
+
+* ``differs`` - this run does something else than the authors (the line says what, and what they did);
+* ``equal`` - the same as the authors (the line says so, with the paper's value);
+* ``extra`` - something this study adds that the paper has no counterpart for (a set, a baseline);
+* ``note`` - context a reader needs (where the run's seconds come from, where the paper's numbers do).
+
+The study report prints all four groups; tests change each setting and watch its line change. A
+line never states a paper value of its own: it reads it from ``paper.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import paper
+
+DIFFERS, EQUAL, EXTRA, NOTE = "differs", "equal", "extra", "note"
+
+
+@dataclass(frozen=True)
+class Line:
+    """One topic of the comparison: its status and the sentence the report prints."""
+
+    topic: str
+    status: str
+    text: str
+
+
+@dataclass
+class Context:
+    """What a finished (or partly finished) run adds to its configuration: the sets stage 03 reported
+    absent, how many source images the SinGAN-Seg set trained here has, and the device it ran on."""
+
+    absent: dict[str, str] = field(default_factory=dict)
+    singan_sources: int | None = None
+    device: str | None = None
+
+    @classmethod
+    def of(cls, run) -> "Context":
+        import json
+
+        from .sampling import absent_methods
+        from .metrics import singan_sources
+
+        try:
+            meta = json.loads(run.path("run_meta.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            meta = {}
+        device = meta.get("device") or {}
+        gpus = device.get("gpus")
+        text = (", ".join(gpus) if gpus else "CPU only") + f" ({device.get('cpu_count', '?')} cores)" if device else None
+        return cls(absent_methods(run), singan_sources(run), text)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _keyed(topic: str, cfg, keys: list[str], equal_text: str, consequence: str = "") -> Line:
+    """A topic decided by configuration keys alone: equal, or each differing key with the paper's value
+    (then ``consequence``, what the difference does, if given)."""
+    found = paper.differences(cfg, {k: paper.SETTINGS[k] for k in keys})
+    if not found:
+        return Line(topic, EQUAL, f"{equal_text} (as the paper: {_values(keys)}).")
+    text = "; ".join(f"`{k}` = {_show(v)} (paper: {_show(p)})" for k, v, p, _ in found)
+    return Line(topic, DIFFERS, text + (f": {consequence}" if consequence else "") + ".")
+
+
+def _values(keys: list[str]) -> str:
+    return ", ".join(f"`{k}` = {_show(paper.SETTINGS[k].value)}" for k in keys)
+
+
+# ----------------------------------------------------------------------------- the topics
+def data(cfg, ctx: Context) -> Line:
+    if cfg.data.source == "phantom":
+        return Line("Data", DIFFERS, "the embedded procedural phantom (domain A for training, domain B for transfer), "
+                    "not Kvasir-SEG: its numbers test the code paths and say nothing about real polyps.")
+    return _keyed("Data", cfg, ["data.source", "data.train"], "Kvasir-SEG (HyperKvasir's segmented images)")
+
+
+def resolution(cfg, ctx: Context) -> Line:
+    return _keyed("Resolution", cfg, ["data.resolution"], "256 px", "FID, MS-SSIM and IoU all depend on it")
+
+
+def split(cfg, ctx: Context) -> Line:
+    sp = cfg.data.split
+    return _keyed("Split", cfg, ["data.split.kind", "data.split.n_train", "data.split.n_test"],
+                  "the paper's 348 named training images and 200 test images",
+                  "" if sp.kind == "paper" else f"a {sp.kind} split, not the paper's named training images")
+
+
+def test_draw(cfg, ctx: Context) -> Line:
+    sp = cfg.data.split
+    return Line("Test images", DIFFERS,
+                f"drawn with `data.split.seed` = {sp.seed} (the authors' test images came from an "
+                f"{paper.TEST_SET_DRAW.value} shuffle, so which {paper.DATA['data.split.n_test'].value} they were is "
+                "unknown; no run can test on the same images).")
+
+
+def clusters(cfg, ctx: Context) -> Line:
+    c = cfg.clustering
+    if c.features == "paper" and c.k == paper.SETTINGS["clustering.k"].value:
+        return Line("Clusters", EQUAL, f"the authors' own assignment of the 348 images into K = {c.k} clusters "
+                    "(shipped with polyplib).")
+    how = {"inception": f"KMeans (random_state {c.seed}) on FID Inception pool features of image and mask, "
+                        "recomputed here (the authors' assignment: `clustering.features=paper`)",
+           "handcrafted": "KMeans on a colour and mask-shape descriptor (no Inception features)",
+           "paper": "the authors' assignment"}[c.features]
+    return Line("Clusters", DIFFERS, f"K = {c.k}, {how} (paper: K = {paper.SETTINGS['clustering.k'].value}, the "
+                "authors' assignment from ImageNet Inception-v3 features).")
+
+
+UNET_KEYS = ["ddpm.block_out_channels", "ddpm.layers_per_block", "ddpm.attention_resolutions",
+             "ddpm.num_head_channels", "ddpm.scale_shift_norm", "ddpm.resblock_updown", "ddpm.dropout"]
+
+
+def unet(cfg, ctx: Context) -> Line:
+    return _keyed("UNet", cfg, UNET_KEYS, "the authors' guided-diffusion UNet (Table A.1)")
+
+
+def variance(cfg, ctx: Context) -> Line:
+    return _keyed("Variance", cfg, ["ddpm.variance"], "learned sigma, trained on MSE + L_vlb",
+                  "fixed posterior variance, noise MSE only")
+
+
+def noise_schedule(cfg, ctx: Context) -> Line:
+    return _keyed("Noise schedule", cfg, ["ddpm.num_train_timesteps", "ddpm.beta_schedule"], "T = 1000, linear betas")
+
+
+def training_length(cfg, ctx: Context) -> Line:
+    d = cfg.ddpm
+    if d.pretrained:
+        return Line("DDPM training", NOTE, f"converted checkpoints from `{d.pretrained}` (`ddpm.pretrained`), not "
+                    "trained in this run; the DDPM settings describe the configuration, not how they were trained.")
+    keys = ["ddpm.max_steps", "ddpm.batch_size", "ddpm.learning_rate"]
+    images = d.max_steps * d.batch_size * d.gradient_accumulation_steps
+    ref = paper.SETTINGS["ddpm.max_steps"].value * paper.SETTINGS["ddpm.batch_size"].value
+    return _keyed("DDPM training", cfg, keys, "110k steps of batch 1 at lr 1e-4",
+                  f"{images:,} training images seen per model (paper: {ref:,})")
+
+
+def ema(cfg, ctx: Context) -> Line:
+    return _keyed("EMA", cfg, ["ddpm.ema_decay"], "EMA of the weights")
+
+
+def precision(cfg, ctx: Context) -> Line:
+    auto = "bf16 on GPUs that have it, fp32 on a CPU" if cfg.ddpm.mixed_precision == "auto" else ""
+    return _keyed("Precision", cfg, ["ddpm.mixed_precision"], "fp16 mixed precision", auto)
+
+
+def repaint_start(cfg, ctx: Context) -> Line:
+    keys = ["sampling.start"] + (["sampling.skip_steps"] if cfg.sampling.start == "sdedit" else [])
+    return _keyed("RePaint start", cfg, keys, "pure noise at the top of the jump schedule")
+
+
+def repaint_schedule(cfg, ctx: Context) -> Line:
+    from .sampling.repaint import count_calls, repaint_schedule as schedule
+
+    s = cfg.sampling
+    calls, renoise = count_calls(schedule(s.steps, s.jump_length, s.jump_n_sample, s.start, s.skip_steps))
+    line = _keyed("RePaint schedule", cfg, ["sampling.steps", "sampling.jump_length", "sampling.jump_n_sample"],
+                  "200 respaced steps, jumps of 10 resampled 5 times")
+    cost = (f"{calls} UNet calls and {renoise} re-noising steps per pair (the authors: "
+            f"{paper.REPAINT_CALLS_PER_PAIR.value} and {paper.REPAINT_RENOISE_STEPS_PER_PAIR.value})")
+    if line.status == EQUAL and calls == paper.REPAINT_CALLS_PER_PAIR.value:
+        return Line(line.topic, EQUAL, line.text[:-1] + f"; {cost}.")
+    return Line(line.topic, DIFFERS, (line.text[:-1] + "; " if line.status == DIFFERS else "") + cost + ".")
+
+
+def inpainting(cfg, ctx: Context) -> Line:
+    return _keyed("Inpainted region", cfg, ["sampling.dilation_px", "sampling.opening_px", "sampling.samples_per_image"],
+                  "mask dilated by 20 px, opened with a 16 px ellipse (both at 256 px), 3 pairs per real image")
+
+
+def styling(cfg, ctx: Context) -> Line:
+    from .sampling.feature_nets import missing_reason
+
+    st = cfg.sampling.style
+    if not st.guided:
+        return Line("Styling", DIFFERS, "no Styled-Diff (`sampling.style.guided=false`); the paper's Styled-Diff is a "
+                    "guided style transfer, then MKL colour matching.")
+    reason = next((ctx.absent[m] for m in ("styled-diff", "full-styled-diff") if m in ctx.absent), None)
+    if reason or missing_reason(st):
+        return Line("Styling", DIFFERS, f"Styled-Diff absent: {reason or missing_reason(st)}. Nothing is reported "
+                    "under its name.")
+    line = _keyed("Styling", cfg, list(paper.STYLE), "Styled-Diff by the authors' guided style transfer, then MKL "
+                  "colour matching, every setting of Table A.3")
+    return line if line.status == DIFFERS else Line(line.topic, EQUAL, "Styled-Diff by the authors' guided style "
+                                                    f"transfer, then MKL colour matching; all {len(paper.STYLE)} "
+                                                    "settings equal to Table A.3.")
+
+
+def fid_protocol(cfg, ctx: Context) -> Line:
+    return _keyed("FID protocol", cfg, ["metrics.fid_resize"], "clean-fid's resize (PIL bicubic to 299 px) into the "
+                  "TF FID Inception", "torch-fidelity's TF1 bilinear resize, which gives other FID values on the same "
+                  "images")
+
+
+def fid_sets(cfg, ctx: Context) -> Line:
+    m = cfg.metrics
+    return _keyed("FID sets", cfg, ["metrics.fid_sets"], "three synthetic sets per method",
+                  ("one set has no sd; " if m.fid_sets == 1 else "") + "each set holds one pair per real training "
+                  f"image ({cfg.data.split.n_train} here), and FID is biased upwards at small n")
+
+
+def singan(cfg, ctx: Context) -> Line:
+    n_paper = paper.SINGAN_SEG_SOURCE_IMAGES.value
+    g = cfg.gan
+    if g.singan_published:
+        return Line("SinGAN-Seg", EQUAL, f"the published SinGAN-Seg set from `{g.singan_published}`, the paper's GAN "
+                    f"baseline ({n_paper:,} source images).")
+    n = ctx.singan_sources if ctx.singan_sources is not None else g.singan_images
+    if n == 0:
+        return Line("SinGAN-Seg", DIFFERS, f"no SinGAN-Seg set (the paper's GAN baseline: the published set, "
+                    f"{paper.SINGAN_SEG_DOWNLOAD}; set `gan.singan_published` to its folder).")
+    return Line("SinGAN-Seg", DIFFERS, f"trained here on {n} source image(s) (paper: the published set from "
+                f"{n_paper:,}); its rows name N and carry no paper value. For the paper's set download "
+                f"{paper.SINGAN_SEG_DOWNLOAD} and set `gan.singan_published`.")
+
+
+def segmentation_model(cfg, ctx: Context) -> Line:
+    return _keyed("Segmentation model", cfg, ["segmentation.models", "segmentation.encoder",
+                                              "segmentation.encoder_weights"], "smp UNet++ with an ImageNet encoder")
+
+
+SEG_TRAINING = ["segmentation.epochs", "segmentation.lr", "segmentation.lr_drop_epoch", "segmentation.lr_after_drop",
+                "segmentation.batch_size", "segmentation.val_fraction"]
+
+
+def segmentation_training(cfg, ctx: Context) -> Line:
+    return _keyed("Segmentation training", cfg, SEG_TRAINING, "Adam, Dice loss, lr drop at epoch 50")
+
+
+def segmentation_runs(cfg, ctx: Context) -> Line:
+    seeds = cfg.segmentation.seeds
+    return Line("Segmentation runs", DIFFERS,
+                f"{len(seeds)} seeded run(s) per configuration (seeds {seeds}), pooled, with bootstrap intervals "
+                f"(paper: {paper.SEGMENTATION_RUNS.value} run per configuration, no seed stated, no intervals).")
+
+
+SEG_DATA = ["segmentation.augmentation", "segmentation.mix_alpha", "segmentation.mix_r",
+            "segmentation.synthetic_per_real", "segmentation.small_n"]
+
+
+def segmentation_data(cfg, ctx: Context) -> Line:
+    return _keyed("Segmentation data", cfg, SEG_DATA, "the paper's augmentations, mixing rule and set sizes")
+
+
+TOPICS = [data, resolution, split, test_draw, clusters, unet, variance, noise_schedule, training_length, ema,
+          precision, repaint_start, repaint_schedule, inpainting, styling, fid_protocol, fid_sets, singan,
+          segmentation_model, segmentation_training, segmentation_runs, segmentation_data]
+
+
+def extras(cfg) -> list[Line]:
+    """What this study adds that the paper has no counterpart for."""
+    out = [Line("4-channel GAN", EXTRA, "a 4-channel GAN trained in the DDPMs' harness (`gan`): not the paper's GAN "
+                "baseline (that is SinGAN-Seg); no paper value stands beside it.")]
+    if cfg.sampling.style.mkl_only:
+        out.append(Line("Colour matching alone", EXTRA, "`mkl-diff`: the inpainted pairs after MKL colour matching "
+                        "alone, a cheap comparison set; not the paper's Styled-Diff."))
+    if cfg.ddpm.compare_variance:
+        out.append(Line("Variance ablation", EXTRA, "the Full model also trained with the other variance and compared."))
+    if cfg.sampling.n_unconditional > 0:
+        out.append(Line("Unconditional samplers", EXTRA, "DDPM / DDIM / DPM-Solver++ samples of the Full model, FID "
+                        "against steps (the paper samples only by inpainting)."))
+    out.append(Line("KID", EXTRA, "KID beside every FID (the paper reports FID only)."))
+    return out
+
+
+def notes(ctx: Context) -> list[Line]:
+    device = ctx.device or "not recorded yet"
+    return [Line("Compute", NOTE, f"{device}; the paper used GPUs ({paper.COMPUTE_REPORTED['ddpm'].value}), so "
+                 "measured seconds compare methods within this run, not with the paper."),
+            Line("Paper numbers", NOTE, "from the authors' Sep-2023 draft and code (polyplib/paper.py, with the source "
+                 "of each); where the published version differs, the reference columns may be off by its corrections.")]
+
+
+def compare(cfg, ctx: Context | None = None) -> list[Line]:
+    """Every topic's line, then the extras and the notes."""
+    ctx = ctx or Context()
+    return [topic(cfg, ctx) for topic in TOPICS] + extras(cfg) + notes(ctx)
