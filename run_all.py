@@ -4,22 +4,30 @@
     python run_all.py --profile smoke                 # the whole study on the embedded phantom
     python run_all.py --profile paper --set data.root=/data/polyps
     python run_all.py --list                          # stages, notebooks, cached or not
-    python run_all.py --only 03 | --from 04 | --force
+    python run_all.py --only 03 | --from 04 | --force | --quiet
 
 Executed notebooks, artefacts, tables and run_meta.json go to runs/<profile>/. A stage whose
-configuration is unchanged is served from its cache (the notebook still runs and shows it).
+configuration is unchanged and whose executed notebook is in the run folder is reported cached and
+not run again. While a notebook runs, a terminal shows a live status line (cell, its latest output,
+the progress bars); a log gets a plain progress line every --log-every seconds.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the study never downloads weights from a hub
+# Executed notebooks carry their figures, as JupyterLab draws them, whatever backend this shell sets
+# (a headless server or CI often exports MPLBACKEND=Agg, under which plt.show() draws nothing).
+os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 
 from polyplib import differences  # noqa: E402
 from polyplib.config import load_config, profiles  # noqa: E402
@@ -27,7 +35,7 @@ from polyplib.errors import ConfigError, PolypError  # noqa: E402
 from polyplib.runs import PROJECT_ROOT, Run, atomic_write_json, device_info, git_state, package_versions  # noqa: E402
 from polyplib.report import write_report  # noqa: E402
 from polyplib.sampling.feature_nets import missing_reason  # noqa: E402
-from polyplib.stages import STAGES, Stage  # noqa: E402
+from polyplib.stages import STAGES, Stage, stage_keys  # noqa: E402
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 KERNEL = "python3"
@@ -46,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--run-dir", help="run folder (default runs/<profile>, or $POLYP_RUNS/<profile>)")
     ap.add_argument("--figures-dir", help="where final figures are copied (default figures/<profile>)")
     ap.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name (default python3)")
+    ap.add_argument("--quiet", action="store_true", help="print only each stage's start and end, and the summary")
+    ap.add_argument("--log-every", type=float, default=20.0, metavar="S",
+                    help="when the output is not a terminal, one progress line per stage every S seconds (default 20)")
     return ap.parse_args(argv)
 
 
@@ -64,8 +75,10 @@ def select(stages: tuple[Stage, ...], only: list[str] | None, start: str | None)
     return list(stages)
 
 
-def execute(stage: Stage, run: Run, args: argparse.Namespace) -> None:
-    """Run one notebook with papermill; on failure name the notebook and cell, keep the copy."""
+def execute(stage: Stage, run: Run, args: argparse.Namespace, display: "StageDisplay") -> None:
+    """Run one notebook with papermill; on failure name the notebook and cell, keep the copy.
+
+    The kernel's output streams and cell starts feed ``display``; the saved notebook is not touched."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -78,7 +91,9 @@ def execute(stage: Stage, run: Run, args: argparse.Namespace) -> None:
         pm.execute_notebook(
             str(source), str(target), parameters=params, kernel_name=args.kernel,
             cwd=str(NOTEBOOKS), execution_timeout=run.cfg.run.notebook_timeout_s,
-            progress_bar=False, request_save_on_cell_execute=True,
+            progress_bar=False, request_save_on_cell_execute=True, config=kernel_config(),
+            stdout_file=display, stderr_file=display,
+            on_notebook_start=display.notebook_start, on_cell_execute=display.cell_start,
         )
     except PapermillExecutionError as exc:
         raise StageFailed(
@@ -86,6 +101,129 @@ def execute(stage: Stage, run: Run, args: argparse.Namespace) -> None:
             f"(execution count {exc.exec_count}): {exc.ename}: {exc.evalue}\n"
             f"  partially executed copy kept at {target}"
         ) from None
+
+
+def kernel_config():
+    """Kernel sockets encrypted with CurveZMQ keys the kernel manager provisions, where jupyter_client
+    and pyzmq can: ipykernel warns on every start of a kernel it talks to in plain TCP."""
+    from jupyter_client import KernelManager
+    from traitlets import TraitError
+    from traitlets.config import Config
+
+    if "transport_encryption" not in KernelManager.class_trait_names():
+        return Config()                   # jupyter_client < 8.9: no encryption, and no warning either
+    try:
+        KernelManager(transport_encryption="auto")    # refused where pyzmq was built without CURVE
+    except TraitError:
+        return Config()
+    return Config({"KernelManager": {"transport_encryption": "auto"}})
+
+
+def notebook_is_current(stage: Stage, run: Run) -> bool:
+    """Whether the stage's executed notebook in the run folder completed, for the stage's current key.
+
+    Only then may a rerun skip the stage: the done-marker alone does not say that this notebook shows
+    its results (a later call with other settings may have stopped in it before touching the marker)."""
+    try:
+        nb = json.loads(run.path("notebooks", stage.notebook).read_text())
+        papermill = nb["metadata"]["papermill"]
+        if papermill["exception"] or any(c["metadata"]["papermill"]["status"] != "completed" for c in nb["cells"]):
+            return False
+        params = papermill["parameters"]
+        cfg = load_config(params["profile"], list(params["overrides"]))
+    except (OSError, ValueError, KeyError, TypeError, PolypError):
+        return False
+    return stage_keys(cfg)[stage.id] == run.keys[stage.id]
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def last_line(text: str) -> str:
+    """The newest non-blank line of a stream chunk: a progress bar redraws itself after a ``\\r``."""
+    lines = [ANSI.sub("", part).strip() for part in re.split(r"[\r\n]", text)]
+    return next((line for line in reversed(lines) if line), "")
+
+
+def first_statement(source: str) -> str:
+    """What a cell does, for the status line before it prints: its first line that is not an import."""
+    lines = [line.strip() for line in source.splitlines()]
+    return next((line for line in lines if line and not line.startswith(("#", "import ", "from "))), "")
+
+
+def clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+class StageDisplay:
+    """What the terminal shows while one stage's notebook runs: the stage, its elapsed time, the cell
+    and the cell's latest output line (a tqdm bar redraws it: step n of N, rate, time left).
+
+    ``mode`` "live" redraws one status line in place (a terminal), "lines" writes a plain line every
+    ``every`` seconds (a log), "quiet" nothing between the start and the end lines. papermill hands
+    it every output chunk of the kernel (as its stdout/stderr file) and nbclient every cell start."""
+
+    def __init__(self, stage: Stage, mode: str, every: float = 20.0, out=None):
+        self.stage, self.mode, self.every, self.out = stage, mode, every, out or sys.stdout
+        self.started = self.last_line = time.monotonic()
+        self.n_cells, self.where, self.text = 0, "starting the kernel", ""
+        self.lock, self.stopped = threading.Lock(), threading.Event()
+        self.ticker = threading.Thread(target=self.tick, daemon=True)
+
+    # -- fed by papermill and nbclient (the main thread)
+    def write(self, chunk: str) -> None:
+        line = last_line(chunk)
+        if line:
+            with self.lock:
+                self.text = line
+
+    def flush(self) -> None:
+        pass
+
+    def notebook_start(self, notebook, **_) -> None:
+        self.n_cells = len(notebook.cells)
+
+    def cell_start(self, cell, cell_index: int, **_) -> None:
+        with self.lock:
+            self.where, self.text = f"cell {cell_index + 1}/{self.n_cells}", first_statement(cell.source)
+
+    # -- drawn by the ticker thread
+    def status(self) -> str:
+        with self.lock:
+            text = f": {self.text}" if self.text else ""
+            return f"[{self.stage.id}] {clock(time.monotonic() - self.started)} {self.where}{text}"
+
+    def tick(self) -> None:
+        while not self.stopped.wait(0.5):
+            if self.mode == "live":
+                width = shutil.get_terminal_size((100, 24)).columns - 1
+                self.emit("\r" + self.status()[:width] + "\x1b[K")
+            elif time.monotonic() - self.last_line >= self.every:
+                self.last_line = time.monotonic()
+                self.emit(self.status()[:200] + "\n")
+
+    def emit(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def __enter__(self) -> "StageDisplay":
+        self.emit(f"[{self.stage.id}] {self.stage.title}: notebooks/{self.stage.notebook}\n")
+        if self.mode != "quiet":
+            self.ticker.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        if self.ticker.is_alive():
+            self.ticker.join()
+        if self.mode == "live":
+            self.emit("\r\x1b[K")
+
+
+def display_mode(args: argparse.Namespace) -> str:
+    if args.quiet:
+        return "quiet"
+    return "live" if sys.stdout.isatty() else "lines"
 
 
 class StageFailed(RuntimeError):
@@ -111,6 +249,28 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         print(f" {r['stage']:<6} {r['notebook']:<30} {r['status']:<10} {r['seconds']:>7.1f}")
     print(f" total{'':<44}{sum(r['seconds'] for r in rows):>7.1f}\n")
+
+
+def run_stage(stage: Stage, run: Run, args: argparse.Namespace, reuse: bool) -> tuple[str, bool]:
+    """Run one stage's notebook, or reuse it: its status ("ran", or "cached" when served from the
+    stage's cache) and whether its notebook was executed; StageFailed when it fails.
+
+    ``reuse``: a finished stage whose executed notebook matches its key is not run again (no kernel
+    starts); False under --force and when the notebook of a stage it reads ran in this call."""
+    state = run.stage(stage.id)
+    done = state.is_done()
+    if reuse and done and notebook_is_current(stage, run):
+        print(f"[{stage.id}] {stage.title}: cached, notebooks/{stage.notebook} kept as it was", flush=True)
+        return "cached", False
+    before = state.read_marker() if done else None
+    with StageDisplay(stage, display_mode(args), args.log_every) as display:
+        execute(stage, run, args, display)
+    seconds = time.monotonic() - display.started
+    if not state.is_done():
+        raise StageFailed(f"notebook {stage.notebook} finished but stage {stage.id} recorded no completion")
+    status = "cached" if before is not None and state.read_marker() == before else "ran"
+    print(f"[{stage.id}] {status} in {seconds:.1f} s", flush=True)
+    return status, True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,20 +321,17 @@ def main(argv: list[str] | None = None) -> int:
     if any(s.id == "05" for s in selected) and cfg.data.source == "real" and not cfg.gan.singan_published:
         print(f"note: SinGAN-Seg (the paper's GAN baseline): {differences.singan(cfg, differences.Context()).text}",
               flush=True)
+    executed: set[str] = set()     # stages whose notebook ran in this call: the stages reading them run too
     for stage in selected:
         state = run.stage(stage.id)
-        before = state.read_marker() if state.is_done() else None
-        print(f"[{stage.id}] {stage.title}: notebooks/{stage.notebook}", flush=True)
         t0 = time.time()
-        status = "failed"
         try:
-            execute(stage, run, args)
-            if not state.is_done():
-                raise StageFailed(f"notebook {stage.notebook} finished but stage {stage.id} recorded no completion")
-            status = "cached" if before is not None and state.read_marker() == before else "ran"
+            status, ran = run_stage(stage, run, args, reuse=not args.force and not executed & set(stage.upstream))
         except StageFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
-            code = 1
+            status, ran, code = "failed", True, 1
+        if ran:
+            executed.add(stage.id)
         row = {"stage": stage.id, "notebook": stage.notebook, "status": status,
                "seconds": round(time.time() - t0, 2), "key": state.key,
                "executed_notebook": str(run.path("notebooks", stage.notebook))}

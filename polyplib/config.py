@@ -350,7 +350,9 @@ def profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
-def _read_profile(profile: str) -> dict:
+def _read_profile(profile: str, seen: tuple[str, ...] = ()) -> dict:
+    """A profile's sections; ``extends: <profile>`` starts from that profile and changes only what the
+    file sets (section by section, key by key), so a variant states just its differences."""
     path = Path(profile)
     if path.suffix in (".yaml", ".yml") and path.exists():
         source = path
@@ -364,8 +366,22 @@ def _read_profile(profile: str) -> dict:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a profile must be a mapping of sections, got {type(data).__name__}")
-    data.setdefault("profile", path.stem if source == path else profile)
+    name = data.get("profile") or (path.stem if source == path else profile)
+    if str(source.resolve()) in seen:
+        raise ConfigError(f"{source}: 'extends' makes a cycle ({' -> '.join((*seen, str(source.resolve())))})")
+    base = data.pop("extends", None)
+    if base is not None:
+        data = _merge(_read_profile(str(base), (*seen, str(source.resolve()))), data)
+    data["profile"] = name
     return data
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """``override`` laid over ``base``: nested mappings merge, any other value replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _allowed_keys(model: type[BaseModel]) -> list[str]:

@@ -69,3 +69,21 @@ def test_stage_keys_change_only_with_what_a_stage_depends_on():
     assert stage_keys(load_config("smoke", ["run.workers=1", "run.progress=false"])) == base
     changed = stage_keys(load_config("smoke", ["data.split.seed=3"]))
     assert all(changed[k] != base[k] for k in base)  # data feeds every later stage
+
+
+def test_course_real_is_the_course_on_real_data_and_nothing_else():
+    real, course = load_config("course-real").to_dict(), load_config("course").to_dict()
+    changed = {(s, k) for s in real if isinstance(real[s], dict) for k in real[s] if real[s][k] != course[s][k]}
+    assert changed == {("data", "source"), ("data", "train")} and real["profile"] == "course-real"
+    assert real["data"]["source"] == "real" and real["data"]["train"] == "kvasir-seg"
+
+
+def test_a_profile_extends_another_and_a_cycle_is_named(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: course\nddpm:\n  max_steps: 50\n")
+    cfg = load_config(str(mine))
+    assert cfg.profile == "mine" and cfg.ddpm.max_steps == 50 and cfg.ddpm.batch_size == load_config("course").ddpm.batch_size
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(tmp_path / "a.yaml"))

@@ -221,7 +221,7 @@ def test_layout_generic_ignores_hidden_and_other_files(tmp_path):
 
 
 def test_layouts_table_lists_every_layout():
-    assert list(LAYOUTS)[-1] == "generic" and len(LAYOUTS) == 9
+    assert list(LAYOUTS)[-1] == "generic" and len(LAYOUTS) == 10
     assert all(isinstance(v, str) and v for v in LAYOUTS.values())
 
 

@@ -2,6 +2,7 @@
 selective reruns, early configuration errors and a failing notebook named with its cell."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import browser_check
 from polyplib.config import load_config
 from polyplib.stages import STAGES, downstream, stage_keys
 
@@ -18,25 +20,68 @@ ROOT = Path(__file__).resolve().parent.parent
 NETGUARD = ROOT / "tests" / "netguard"
 
 
-def run_all(*args, cwd=ROOT, netlog: Path | None = None):
-    """``python run_all.py ARGS``; with ``netlog``, under the network guard (tests/netguard), which
-    refuses every non-local connection in every process and records the attempts in ``netlog``."""
+def _env(netlog: Path | None) -> dict:
+    """With ``netlog``, the network guard (tests/netguard): it refuses every non-local connection in
+    every process and records the attempts in ``netlog``."""
     env = dict(os.environ)
     if netlog is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(NETGUARD), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["POLYP_NETGUARD_LOG"] = str(netlog)
+    return env
+
+
+def run_all(*args, cwd=ROOT, netlog: Path | None = None):
+    """``python run_all.py ARGS`` with its output captured (not a terminal)."""
     t0 = time.time()
     proc = subprocess.run([sys.executable, str(ROOT / "run_all.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=1800, env=env)
+                          capture_output=True, text=True, timeout=1800, env=_env(netlog))
     return proc, time.time() - t0
+
+
+def run_all_on_a_terminal(*args, netlog: Path | None = None, timeout: float = 1800):
+    """``python run_all.py ARGS`` with its stdout on a pseudo-terminal 120 columns wide (stderr to a
+    file), as a person sees it; the result's ``chunks`` are (time, text) of every read of the terminal."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import tempfile
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    chunks, t0 = [], time.time()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "run_all.py"), *args], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                stdout=slave, stderr=err, env=_env(netlog))
+        os.close(slave)
+        while time.time() - t0 < timeout:
+            if select.select([master], [], [], 1.0)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:              # EIO: every holder of the terminal closed it
+                    data = b""
+                if not data:
+                    break
+                chunks.append((time.monotonic(), data.decode("utf-8", "replace")))
+            elif proc.poll() is not None:
+                break
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.close(master)
+        err.seek(0)
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, "".join(c for _, c in chunks), err.read())
+    result.chunks = chunks
+    return result, time.time() - t0
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """One full smoke run of every notebook (the first run computes everything)."""
+    """One full smoke run of every notebook (the first run computes everything), on a terminal."""
     base = tmp_path_factory.mktemp("e2e")
     args = ["--profile", "smoke", "--run-dir", str(base / "run"), "--figures-dir", str(base / "figures")]
-    proc, seconds = run_all(*args, netlog=base / "network_attempts.log")
+    proc, seconds = run_all_on_a_terminal(*args, netlog=base / "network_attempts.log")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return base, args, proc, seconds
 
@@ -75,17 +120,85 @@ def test_first_run_executes_every_notebook(smoke):
     assert "ran" in proc.stdout and "total" in proc.stdout
 
 
-def test_second_run_is_all_cached_and_faster(smoke):
+def _silences(chunks: list[tuple[float, str]]) -> dict[str, float]:
+    """Per stage, the longest time the terminal received nothing while the stage's notebook ran
+    (from its start line to its end line)."""
+    text, ends = "", []
+    for t, chunk in chunks:
+        text += chunk
+        ends.append((len(text), t))
+    at = lambda pos: next(t for end, t in ends if end > pos)  # noqa: E731
+    out = {}
+    for start in re.finditer(r"\[(\d\d)\] [^\r\n]*: notebooks/", text):
+        end = re.compile(rf"\[{start[1]}\] (ran|cached) in").search(text, start.end())
+        times = [t for _, t in ends if at(start.start()) <= t <= at(end.start())]
+        out[start[1]] = max(b - a for a, b in zip(times, times[1:]))
+    return out
+
+
+def test_a_terminal_shows_every_running_stage_at_least_every_5_seconds(smoke):
+    """The first run ran on a pseudo-terminal: each stage redraws one status line (its cell and what
+    the cell prints, the library's tqdm bars), never silent for 5 s; no kernel warnings."""
+    base, _, proc, _ = smoke
+    silences = _silences(proc.chunks)
+    print("longest silence per stage (s):", {k: round(v, 2) for k, v in silences.items()})
+    assert sorted(silences) == [s.id for s in STAGES]
+    assert max(silences.values()) <= 5, silences
+    for stage in STAGES:
+        assert re.search(rf"\r\[{stage.id}\] \d+:\d\d cell \d+/\d+: ", proc.stdout), stage.id
+    assert re.search(r"\[02\] \d+:\d\d cell \d+/\d+: \S+: +\d+%\|.*\| \d+/\d+ \[", proc.stdout)  # a training bar
+    assert "without encryption" not in proc.stdout + proc.stderr
+    assert "[IPKernelApp] WARNING" not in proc.stdout + proc.stderr
+    for stage in STAGES:   # tqdm.auto (imported by diffusers) finds ipywidgets: no warning in the notebooks
+        assert "IProgress not found" not in (base / "run" / "notebooks" / stage.notebook).read_text()
+
+
+TINY = ["--profile", "smoke", "--only", "01", "--set", "data.phantom.n_source=40", "--set", "data.phantom.n_target=12",
+        "--set", "data.split.n_train=24", "--set", "data.split.n_test=10", "--set", "data.resolution=32"]
+
+
+def test_a_log_gets_a_progress_line_every_log_every_seconds_and_quiet_only_start_and_end(tmp_path):
+    args = [*TINY, "--run-dir", str(tmp_path / "run"), "--figures-dir", str(tmp_path / "f")]
+    proc, _ = run_all(*args, "--log-every", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stdout and "\x1b" not in proc.stdout
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[01]")]
+    assert lines[0] == "[01] Data preparation: notebooks/01_data_prep.ipynb"
+    end = re.fullmatch(r"\[01\] ran in ([\d.]+) s", lines[-1])
+    clocks = [int(m[1]) * 60 + int(m[2]) for m in (re.match(r"\[01\] (\d+):(\d\d) ", line) for line in lines[1:-1])]
+    assert end and len(clocks) == len(lines) - 2 >= 2, lines
+    assert len(clocks) <= float(end[1]) / 2 + 1 and all(b - a >= 1 for a, b in zip(clocks, clocks[1:])), lines
+    assert any(re.search(r"cell \d+/\d+: ", line) for line in lines[1:-1])
+    assert "without encryption" not in proc.stderr
+
+    quiet, _ = run_all(*args, "--quiet", "--force")
+    assert quiet.returncode == 0, quiet.stderr
+    lines = [line for line in quiet.stdout.splitlines() if line.strip()]
+    assert lines[0] == "[01] Data preparation: notebooks/01_data_prep.ipynb"
+    assert re.fullmatch(r"\[01\] ran in [\d.]+ s", lines[1]) and lines[2].split() == ["stage", "notebook", "status", "seconds"]
+    assert not any(line.startswith("[01]") for line in lines[2:])
+
+
+def _executed_notebooks(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run / "notebooks").iterdir())}
+
+
+def test_second_run_is_all_cached_and_starts_no_kernel(smoke):
     base, args, _, first_seconds = smoke
     marker = (base / "run" / "stages" / "01_data.done").read_text()
+    notebooks = _executed_notebooks(base / "run")
     proc, seconds = run_all(*args)
+    print(f"cached rerun: {seconds:.1f} s")
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((base / "run" / "run_meta.json").read_text())
     assert all(s["status"] == "cached" for s in meta["stages"])
+    for stage in STAGES:
+        assert f"[{stage.id}] {stage.title}: cached, notebooks/{stage.notebook} kept" in proc.stdout
+    assert _executed_notebooks(base / "run") == notebooks       # papermill would have rewritten them
+    assert seconds < 30, seconds                                 # about 5 s on 2 cores, most of it imports
     assert (base / "run" / "stages" / "01_data.done").read_text() == marker
-    nb = json.loads((base / "run" / "notebooks" / STAGES[0].notebook).read_text())
-    text = json.dumps(nb["cells"])
-    assert "cached results" in text and "phantom-a" in text  # still shows the cached tables
+    assert "phantom-a" in json.dumps(json.loads(notebooks[STAGES[0].notebook])["cells"])  # still shows its tables
+    assert "(cached in the last run_all call" in (base / "run" / "report.md").read_text()
 
 
 def test_set_reruns_the_dependent_stage_and_only_what_reads_it(smoke):
@@ -95,17 +208,68 @@ def test_set_reruns_the_dependent_stage_and_only_what_reads_it(smoke):
     before, after = stage_keys(load_config("smoke")), stage_keys(load_config("smoke", [override]))
     expected = {k for k in before if before[k] != after[k]}   # 06, 07 (both read segmentation.*)
     assert expected == {stage.id, *downstream(stage.id)} and "01" not in expected
+    notebooks = _executed_notebooks(base / "run")
     proc, _ = run_all(*args, "--set", override)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((base / "run" / "run_meta.json").read_text())
     status = {s["stage"]: s["status"] for s in meta["stages"]}
     assert {k for k, v in status.items() if v == "ran"} == expected, status
     assert all(v == "cached" for k, v in status.items() if k not in expected)
+    again = _executed_notebooks(base / "run")
+    assert {s.notebook for s in STAGES if again[s.notebook] != notebooks[s.notebook]} == \
+        {s.notebook for s in STAGES if s.id in expected}          # only those notebooks ran
     assert meta["overrides"] == [override]
     listed, _ = run_all(*args, "--set", override, "--list")
     assert f"{stage.id} segmentation" in listed.stdout and "to run" not in listed.stdout
     other, _ = run_all(*args, "--list")
     assert "to run" in other.stdout  # the default configuration's stage 04 was replaced
+
+
+def _fake_execute(executed: list[str]):
+    """Stands in for papermill: records the stage and does what its notebook does with the cache (a
+    new marker unless the stage is done and not forced), then writes a completed executed notebook."""
+    def execute(stage, run, args, display):
+        executed.append(stage.id)
+        state = run.stage(stage.id)
+        if args.force or not state.is_done():
+            state.mark_done(time.time(), computed=time.time_ns())
+        params = {"profile": args.profile, "overrides": list(args.overrides), "run_dir": str(run.dir), "force": args.force}
+        nb = {"cells": [{"cell_type": "code", "metadata": {"papermill": {"status": "completed"}}}],
+              "metadata": {"papermill": {"exception": None, "parameters": params}}}
+        run.path("notebooks").mkdir(exist_ok=True)
+        run.path("notebooks", stage.notebook).write_text(json.dumps(nb))
+    return execute
+
+
+def test_a_cached_stage_runs_only_when_its_key_changed_forced_or_a_stage_it_reads_ran(tmp_path, monkeypatch):
+    import run_all as script
+
+    executed: list[str] = []
+    monkeypatch.setattr(script, "execute", _fake_execute(executed))
+    monkeypatch.setattr(script, "write_report", lambda run: {"markdown": "report.md"})
+    run = tmp_path / "run"
+
+    def main(*extra):
+        executed.clear()
+        assert script.main(["--profile", "smoke", "--run-dir", str(run), "--figures-dir", str(tmp_path / "f"),
+                            "--quiet", *extra]) == 0
+        meta = json.loads((run / "run_meta.json").read_text())
+        return list(executed), {s["stage"]: s["status"] for s in meta["stages"]}
+
+    ids = [s.id for s in STAGES]
+    assert main() == (ids, dict.fromkeys(ids, "ran"))
+    assert main() == ([], dict.fromkeys(ids, "cached"))
+    (run / "stages" / "05_gan.done").unlink()        # 06 reads 05, 07 reads 06: their notebooks run again
+    assert main() == (["05", "06", "07"], {**dict.fromkeys(ids, "cached"), "05": "ran"})
+    assert main("--only", "03", "--force") == (["03"], {"03": "ran"})
+    notebook = run / "notebooks" / STAGES[3].notebook     # a notebook cut off mid-run is not the stage's
+    notebook.write_text(notebook.read_text().replace('"completed"', '"running"'))
+    assert main()[0] == ["04"]
+    assert main("--set", "segmentation.bootstrap=600") == (ids[5:], {**dict.fromkeys(ids, "cached"), "06": "ran", "07": "ran"})
+    assert main()[0] == ["06", "07"]                  # back to the default key
+    notebook = run / "notebooks" / STAGES[5].notebook     # executed for another key (a run with it failed early)
+    notebook.write_text(notebook.read_text().replace('"overrides": []', '"overrides": ["segmentation.bootstrap=600"]'))
+    assert main()[0] == ["06", "07"]
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -137,8 +301,6 @@ def test_failing_notebook_is_named_with_its_cell_and_kept(tmp_path):
 
 def _markdown_sections(text: str) -> dict[str, list[list[str]]]:
     """Body rows (cells) of every Markdown table in the report, by the notebook its section names."""
-    import re
-
     out, notebook, lines = {}, None, text.splitlines()
     for i, line in enumerate(lines):
         heading = re.match(r"## .*\(notebook (\d\d)\)", line)
@@ -231,3 +393,47 @@ def test_same_profile_and_seed_give_identical_segmentation_results(smoke, tmp_pa
     per_image = ["target", "regime", "source", "n_real", "augmentation", "image_id", "dice", "iou"]
     pd.testing.assert_frame_equal(pd.read_csv(base / "run" / "results" / "07_per_image.csv")[per_image],
                                   pd.read_csv(copy / "results" / "07_per_image.csv")[per_image], check_exact=True)
+
+
+# ----------------------------------------------------------------------------- as a person opens them
+BROWSER_NOTEBOOKS = ("04_fid_msssim.ipynb", "06_segmentation.ipynb")
+needs_chromium = pytest.mark.skipif(browser_check.chromium() is None, reason="Chromium is not installed (apt-get "
+                                    "install chromium; .ci/run does): the JupyterLab / report rendering check needs it")
+
+
+def _outputs(nb: dict, mime: str) -> int:
+    return sum(mime in o.get("data", {}) for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"])
+
+
+@pytest.fixture(scope="module")
+def lab(smoke, tmp_path_factory):
+    """JupyterLab (headless) serving the smoke run folder, and a scratch folder for Chromium."""
+    run = smoke[0] / "run"
+    with browser_check.jupyterlab(run, tmp_path_factory.mktemp("lab")) as url:
+        yield run, url, tmp_path_factory.mktemp("chrome")
+
+
+@needs_chromium
+@pytest.mark.parametrize("name", BROWSER_NOTEBOOKS)
+def test_an_executed_notebook_renders_its_figures_and_tables_in_jupyterlab(lab, name):
+    run, url, scratch = lab
+    nb = json.loads((run / "notebooks" / name).read_text())
+    figures, tables = _outputs(nb, "image/png"), _outputs(nb, "text/html")
+    assert figures > 0 and tables > 0, f"{name}: the executed notebook holds no figures or no tables"
+    assert not [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"] if o["output_type"] == "error"]
+    page = browser_check.dom(f"{url}/lab/tree/notebooks/{name}?token={browser_check.TOKEN}", scratch)
+    assert "jp-Notebook" in page, f"{name}: JupyterLab did not render the notebook"
+    assert len(re.findall(r'<img[^>]+src="data:image/png', page)) == figures     # every figure drawn
+    assert page.count('data-mime-type="text/html"') >= tables and "<table" in page
+    assert "Traceback (most recent call last)" not in page and "IProgress not found" not in page
+
+
+@needs_chromium
+def test_the_report_shows_its_tables_and_every_figure_loads(lab):
+    run, url, scratch = lab
+    page = browser_check.dom(f"{url}/files/report.html?token={browser_check.TOKEN}", scratch, budget_ms=5000)
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) >= 4 and page.count("<table") >= 6 and "Differences from the paper" in page
+    for src in images:
+        status, kind, body = browser_check.fetch(f"{url}/files/{src}?token={browser_check.TOKEN}")
+        assert status == 200 and kind.startswith("image/png") and body[:8] == b"\x89PNG\r\n\x1a\n", src

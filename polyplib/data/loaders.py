@@ -51,7 +51,10 @@ LAYOUTS: dict[str, str] = {
     "root may be segmented-images or its parent",
     "cvc-clinicdb": "CVC-ClinicDB: 'Original/' + 'Ground Truth/' (TIFF), "
     "or the PNG copies 'PNG/Original/' + 'PNG/Ground Truth/'",
-    "cvc-colondb": "CVC-ColonDB/{images,masks} (or images/ + masks/ with layout='cvc-colondb')",
+    "cvc-colondb": "CVC-ColonDB/{images,masks} (or images/ + masks/ with layout='cvc-colondb'); "
+    "the original flat release is cvc-colondb-flat",
+    "cvc-colondb-flat": "CVC-ColonDB as released: one folder of images <N>.tif(f), masks p<N>.tif(f) "
+    "and contours cp<N>.tif(f) (ignored); root may be that folder or the parent of CVC-ColonDB/",
     "etis-larib": "ETIS-LaribPolypDB/{ETIS-LaribPolypDB,GroundTruth} (mask p<N>.tif for image "
     "<N>.tif), or ETIS-LaribPolypDB/{images,masks}",
     "pranet-train": "TrainDataset/{images,masks}",
@@ -73,6 +76,7 @@ class _Group:
     masks: Path
     mask_prefix: str = ""  # ETIS: mask "p1.tif" for image "1.tif"
     mask_suffix: str = ""  # PolypGen: mask "x_mask.jpg" for image "x.jpg"
+    flat: bool = False  # CVC-ColonDB release: images, masks and contours in one folder (images == masks)
 
 
 # --------------------------------------------------------------------------- folder helpers
@@ -218,6 +222,27 @@ def _polypgen(root: Path) -> _Match | None:
     return _first((_polypgen_here(root), 2), *((_polypgen_here(d), 1) for d in _subdirs(root)))
 
 
+# CVC-ColonDB as released: image "12.tiff", mask "p12.tiff", contour "cp12.tiff" side by side.
+_FLAT_KINDS = (("image", re.compile(r"\d+")), ("mask", re.compile(r"p\d+")), ("contour", re.compile(r"cp\d+")))
+
+
+def _flat_kind(stem: str) -> str | None:
+    """Which file of a flat CVC-ColonDB folder a (casefolded) stem names, or None."""
+    return next((kind for kind, pattern in _FLAT_KINDS if pattern.fullmatch(stem)), None)
+
+
+def _flat_here(base: Path | None) -> list[_Group] | None:
+    """A flat CVC-ColonDB folder holds at least one numbered image and one p-numbered mask."""
+    if base is None:
+        return None
+    kinds = {_flat_kind(p.stem.casefold()) for p in _image_files(base)}
+    return [_Group("", base, base, mask_prefix="p", flat=True)] if {"image", "mask"} <= kinds else None
+
+
+def _colondb_flat(root: Path) -> _Match | None:
+    return _first((_flat_here(root), 2), (_flat_here(_child(root, "CVC-ColonDB")), 1))
+
+
 def _generic(root: Path) -> _Match | None:
     return _first((_single(root), 2))
 
@@ -227,6 +252,7 @@ _READERS: dict[str, Callable[[Path], _Match | None]] = {
     "hyperkvasir-seg": _top_folder_reader("segmented-images", "bounding-boxes.json"),
     "cvc-clinicdb": _clinicdb,
     "cvc-colondb": _top_folder_reader("CVC-ColonDB", None),
+    "cvc-colondb-flat": _colondb_flat,
     "etis-larib": _etis,
     "pranet-train": _top_folder_reader("TrainDataset", None),
     "pranet-test": _pranet_test,
@@ -296,16 +322,20 @@ def detect_layout(root) -> str:
 # --------------------------------------------------------------------------- pairing
 
 
-def _list_images(folder: Path) -> dict[str, Path]:
-    """casefolded stem -> file, for the image files of ``folder`` (hidden/other files skipped)."""
-    out: dict[str, Path] = {}
+def _image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder``, sorted; hidden (.DS_Store, ._x) and other files skipped."""
     try:
         entries = sorted(folder.iterdir())
     except OSError as exc:
         raise DataError(folder, f"cannot list the folder ({exc.strerror or exc})") from None
-    for p in entries:
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
-            continue
+    return [p for p in entries
+            if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+
+
+def _list_images(folder: Path) -> dict[str, Path]:
+    """casefolded stem -> file, for the image files of ``folder``; two files of one stem are an error."""
+    out: dict[str, Path] = {}
+    for p in _image_files(folder):
         key = p.stem.casefold()
         if key in out:
             raise DataError(
@@ -333,11 +363,35 @@ def _mask_key(stem: str, group: _Group, image_keys: set[str]) -> str:
     return next((c for c in cands if c in image_keys), cands[0])
 
 
+def _split_flat(folder: Path) -> tuple[dict[str, Path], list[Path]]:
+    """(images, masks) of a flat CVC-ColonDB folder; contours are skipped unread. Any other image
+    file is an error: silently dropping it could hide a renamed frame or a stray copy."""
+    images: dict[str, Path] = {}
+    masks: list[Path] = []
+    for key, path in _list_images(folder).items():
+        kind = _flat_kind(key)
+        if kind is None:
+            raise DataError(path, "unexpected image file in a flat CVC-ColonDB folder: expected images "
+                                  "<N>.tif(f), masks p<N>.tif(f) and contours cp<N>.tif(f); move it away")
+        if kind == "image":
+            images[key] = path
+        elif kind == "mask":
+            masks.append(path)
+    return images, masks
+
+
+def _group_files(group: _Group) -> tuple[dict[str, Path], list[Path]]:
+    """(casefolded stem -> image, mask files) of one group."""
+    if group.flat:
+        return _split_flat(group.images)
+    return _list_images(group.images), list(_list_images(group.masks).values())
+
+
 def _group_pairs(group: _Group, dataset: str, allow_missing_masks: bool) -> list[Pair]:
-    images = _list_images(group.images)
+    images, mask_files = _group_files(group)
     image_keys = set(images)
     masks: dict[str, Path] = {}
-    for mpath in _list_images(group.masks).values():
+    for mpath in mask_files:
         key = _mask_key(mpath.stem, group, image_keys)
         if key in masks:
             raise DataError(masks[key], f"two masks for the same image: {masks[key]} and {mpath}")
@@ -353,7 +407,7 @@ def _group_pairs(group: _Group, dataset: str, allow_missing_masks: bool) -> list
     if lonely and not allow_missing_masks:
         img = images[lonely[0]]
         names = [f"{group.mask_prefix}{img.stem}{group.mask_suffix}"]
-        if group.mask_prefix or group.mask_suffix:
+        if (group.mask_prefix or group.mask_suffix) and not group.flat:
             names.append(img.stem)
         exts = ",".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
         looked = " or ".join(f"{group.masks / n}.{{{exts}}}" for n in names)
