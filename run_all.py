@@ -28,6 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the study never downloads weight
 # Executed notebooks carry their figures, as JupyterLab draws them, whatever backend this shell sets
 # (a headless server or CI often exports MPLBACKEND=Agg, under which plt.show() draws nothing).
 os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+# Text progress bars in the kernels it starts: their output becomes the terminal's status line
+# (polyplib.progress; in JupyterLab itself the bars are widgets).
+os.environ["POLYP_TEXT_PROGRESS"] = "1"
 
 from polyplib import differences  # noqa: E402
 from polyplib.config import load_config, profiles  # noqa: E402

@@ -310,7 +310,7 @@ class StepLog:
     seen and the elapsed seconds, flushed at once so a killed run loses no finished step."""
 
     def __init__(self, acc, path: Path, columns: str, step: int, total: int, name: str, show: bool):
-        from tqdm import tqdm
+        from .progress import tqdm
 
         self.log = open_loss_log(path, columns, step) if acc.is_main_process else None
         self.bar = tqdm(total=total, initial=step, desc=name, dynamic_ncols=True,

@@ -88,3 +88,20 @@ def test_the_lock_pins_every_declared_dependency_within_its_range():
              if pins.get(_canonical(req.name)) is None or not req.specifier.contains(pins[_canonical(req.name)])]
     assert not stale, f"requirements.lock is stale; regenerate it as the README says: {stale}"
     assert not re.search(r"^(-e |--index-url|--extra-index-url|--find-links)", lock, re.M)   # no machine's paths
+
+
+def test_progress_bars_are_widgets_in_jupyter_and_text_under_run_all(monkeypatch):
+    """polyplib draws tqdm.auto bars (widgets in a Jupyter kernel), but plain text in the kernels that
+    run_all.py starts, whose text output it forwards to the terminal."""
+    import tqdm.auto
+    import tqdm.std
+
+    from polyplib import progress
+
+    monkeypatch.delenv(progress.TEXT_PROGRESS, raising=False)
+    assert progress._tqdm_class() is tqdm.auto.tqdm
+    monkeypatch.setenv(progress.TEXT_PROGRESS, "1")
+    assert progress._tqdm_class() is tqdm.std.tqdm
+    assert f'os.environ["{progress.TEXT_PROGRESS}"] = "1"' in (ROOT / "run_all.py").read_text()
+    assert not [p for p in (ROOT / "polyplib").rglob("*.py")
+                if p.name != "progress.py" and re.search(r"from tqdm(\.auto)? import", p.read_text())]

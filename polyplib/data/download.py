@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from polyplib.errors import DataError
 

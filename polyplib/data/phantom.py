@@ -441,7 +441,7 @@ def write_phantom(dest: str | Path, domain: str | PhantomDomain, n: int, seed: i
     Files are written atomically; files already present under their final name are kept (resume).
     Output bytes do not depend on `workers`. A phantom.json records how the folder was made; a
     folder made with another domain, seed or scale is refused rather than mixed."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     d = _domain(domain)
     dest = Path(dest)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..config import StudyConfig, data_root
 from ..errors import DataError

@@ -88,7 +88,7 @@ def inception_extractor(cfg, device: str = "cpu"):
 def inception_features(pairs: Sequence[tuple[np.ndarray, np.ndarray]], extractor,
                        progress: bool = False) -> np.ndarray:
     """N x 4096: FID Inception pool features of each image, then of its mask (grey, 3 channels)."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     def rows(what: str):
         return tqdm(pairs, desc=f"inception features ({what})", disable=not progress)

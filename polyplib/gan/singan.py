@@ -223,7 +223,7 @@ def pair_tensor(image: np.ndarray, mask: np.ndarray) -> torch.Tensor:
 def train_singan(image: np.ndarray, mask: np.ndarray, settings: SinGANSettings, seed: int,
                  device: str | torch.device = "cpu", progress: bool = False, desc: str = "singan") -> SinGANModel:
     """Train the pyramid on one pair (deterministic for a seed on one device and thread count)."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     device = torch.device(device)
     real = pair_tensor(image, mask).to(device)

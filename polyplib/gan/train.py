@@ -396,7 +396,7 @@ def generate(generator: Generator, seeds: Sequence[int]) -> tuple[np.ndarray, np
 
 def sample_gan(run: Run, force: bool = False) -> dict:
     """Write ``gan.n_samples`` pairs of the trained GAN (EMA weights) to ``synthetic/gan/``; resumable."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     from ..sampling.postprocess import PostProcess
     from ..sampling.writer import SyntheticWriter

@@ -316,7 +316,7 @@ def _kind(method: str) -> tuple[Callable, Callable]:
 
 # ----------------------------------------------------------------------------- running
 def _run_method(ctx: _Context, method: str, force: bool, on_pair: Callable[[dict], None] | None) -> dict:
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     plan_fn, compute = _kind(method)
     batches, info = plan_fn(ctx, method)

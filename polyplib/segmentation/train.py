@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..runs import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .data import EpochPlan, PairDataset, PairPool
