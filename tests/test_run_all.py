@@ -423,7 +423,8 @@ def test_an_executed_notebook_renders_its_figures_and_tables_in_jupyterlab(lab, 
     assert not [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"] if o["output_type"] == "error"]
     page = browser_check.dom(f"{url}/lab/tree/notebooks/{name}?token={browser_check.TOKEN}", scratch)
     assert "jp-Notebook" in page, f"{name}: JupyterLab did not render the notebook"
-    assert len(re.findall(r'<img[^>]+src="data:image/png', page)) == figures     # every figure drawn
+    assert len(re.findall(r'<img[^>]+src="data:image/png', page)) >= figures     # every figure drawn (HTML
+    # outputs may hold images of their own)
     assert page.count('data-mime-type="text/html"') >= tables and "<table" in page
     assert "Traceback (most recent call last)" not in page and "IProgress not found" not in page
 
