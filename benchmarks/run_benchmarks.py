@@ -21,7 +21,7 @@ from pathlib import Path
 from record import RESULTS, machine, write_record
 
 HERE = Path(__file__).resolve().parent
-QUICK = ["phantom", "ddpm_train", "sampling", "metrics", "segmentation"]
+QUICK = ["phantom", "ddpm_train", "sampling", "metrics", "min_images", "segmentation"]
 STUDY = ["study_smoke", "study_course", "variance", "style"]
 
 
@@ -51,6 +51,9 @@ def headline(name: str, rec: dict) -> list[str]:
     if name == "metrics":
         return [f"{r['case']}: " + ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("case", "images_per_s_per_batch"))
                 for r in rec.get("results", [])]
+    if name == "min_images":
+        return [f"{r['kind']} n={r['n']}: FID {r['fid']['mean']} ± {r['fid']['sd']}, KID x 1000 "
+                f"{r['kid_x1000']['mean']} ± {r['kid_x1000']['sd']}" for r in rec.get("results", []) if "fid" in r]
     if name == "segmentation":
         r = rec.get("results", {})
         return [f"segmentation training images/s {r.get('images_per_s')}; ratio vs plain smp loop "

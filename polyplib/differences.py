@@ -141,7 +141,7 @@ def training_length(cfg, ctx: Context) -> Line:
     if d.pretrained:
         return Line("DDPM training", NOTE, f"converted checkpoints from `{d.pretrained}` (`ddpm.pretrained`), not "
                     "trained in this run; the DDPM settings describe the configuration, not how they were trained.")
-    keys = ["ddpm.max_steps", "ddpm.batch_size", "ddpm.learning_rate"]
+    keys = ["ddpm.max_steps", "ddpm.batch_size", "ddpm.learning_rate", "ddpm.snr_gamma"]
     images = d.max_steps * d.batch_size * d.gradient_accumulation_steps
     ref = paper.SETTINGS["ddpm.max_steps"].value * paper.SETTINGS["ddpm.batch_size"].value
     return _keyed("DDPM training", cfg, keys, "110k steps of batch 1 at lr 1e-4",
@@ -237,7 +237,28 @@ SEG_TRAINING = ["segmentation.epochs", "segmentation.lr", "segmentation.lr_drop_
 
 
 def segmentation_training(cfg, ctx: Context) -> Line:
-    return _keyed("Segmentation training", cfg, SEG_TRAINING, "Adam, Dice loss, lr drop at epoch 50")
+    s = cfg.segmentation
+    line = _keyed("Segmentation training", cfg, SEG_TRAINING + ["segmentation.patience"],
+                  "Adam, Dice loss, lr drop at epoch 50, every epoch run, best checkpoint by validation IoU")
+    if s.patience is None:
+        return line
+    return Line(line.topic, DIFFERS, line.text[:-1] + f": training stops once {s.patience} epoch(s) pass without a "
+                f"better validation IoU, or after {s.epochs:,} epochs (the authors ran every epoch and kept the best); a "
+                "run whose best epoch is its last was still improving, and the tables mark it.")
+
+
+def synthetic_validation(cfg, ctx: Context) -> Line:
+    key = "segmentation.synthetic_validation"
+    chosen, theirs = cfg.segmentation.synthetic_validation, paper.SETTINGS[key].value
+    split = {"synthetic": "the synthetic pairs of the validation images", "real": "the real validation images"}
+    other = "real" if chosen == "synthetic" else "synthetic"
+    unused = "" if "synthetic" in cfg.segmentation.regimes else " (no synthetic-only runs are planned here)"
+    what = (f"synthetic-only runs keep the checkpoint with the best IoU on {split[chosen]}{unused}; the one best "
+            f"on {split[other]} is tested too and shown beside it in notebook 06; Table 3 uses the first")
+    if chosen == theirs:
+        return Line("Synthetic-only validation", EQUAL, f"{what} (as the paper: `{key}` = {_show(theirs)}).")
+    return Line("Synthetic-only validation", DIFFERS, f"`{key}` = {_show(chosen)} (paper: {_show(theirs)}): {what}; "
+                "real images now pick the epoch (and drive any patience), so these models are not free of real data.")
 
 
 def segmentation_runs(cfg, ctx: Context) -> Line:
@@ -257,7 +278,7 @@ def segmentation_data(cfg, ctx: Context) -> Line:
 
 TOPICS = [data, resolution, split, test_draw, clusters, unet, variance, noise_schedule, training_length, ema,
           precision, repaint_start, repaint_schedule, inpainting, styling, fid_protocol, fid_sets, singan,
-          segmentation_model, segmentation_training, segmentation_runs, segmentation_data]
+          segmentation_model, segmentation_training, synthetic_validation, segmentation_runs, segmentation_data]
 
 
 def extras(cfg) -> list[Line]:
@@ -273,6 +294,12 @@ def extras(cfg) -> list[Line]:
         out.append(Line("Unconditional samplers", EXTRA, "DDPM / DDIM / DPM-Solver++ samples of the Full model, FID "
                         "against steps (the paper samples only by inpainting)."))
     out.append(Line("KID", EXTRA, "KID beside every FID (the paper reports FID only)."))
+    out.append(Line("Label fidelity and seam check", EXTRA, "per synthetic set, the IoU of each generated mask with a "
+                    "real-only segmenter's prediction, and how well a small classifier tells generated from real polyp "
+                    "regions (notebooks 04 and 05; the paper judged masks only by expert review)."))
+    out.append(Line("Minimum set size", EXTRA, f"no FID or KID for a set, or a real reference, of fewer than "
+                    f"{cfg.metrics.min_images:,} images (`metrics.min_images`): such rows say 'too few images' with their "
+                    "n (the paper states no minimum; its sets hold hundreds of images)."))
     return out
 
 

@@ -50,6 +50,8 @@ DDPM: dict[str, Fact] = {
                                            "rescale_learned_sigmas False"),
     "ddpm.num_train_timesteps": Fact(1000, f"{A1}: diffusion_steps 1000"),
     "ddpm.beta_schedule": Fact("linear", f"{A1}: noise_schedule linear"),
+    "ddpm.snr_gamma": Fact(None, f"{A1}: guided-diffusion's loss, the epsilon MSE averaged uniformly over "
+                                 "timesteps (no Min-SNR weighting)"),
     "ddpm.learning_rate": Fact(1e-4, f"{A1}: lr 1e-4"),
     "ddpm.batch_size": Fact(1, f"{A1}: batch_size 1"),
     "ddpm.max_steps": Fact(110_000, "draft, Methods: 110k iterations per model"),
@@ -129,6 +131,10 @@ SEGMENTATION: dict[str, Fact] = {
     "segmentation.mix_r": Fact([1, 2, 3], f"{SEG}: r in 1, 2, 3 synthetic samples per real image"),
     "segmentation.synthetic_per_real": Fact([1, 2, 3], "draft Table 3: N = 1, 2, 3 synthetic pairs per real image"),
     "segmentation.small_n": Fact([16, 32, 64, 128], "draft Tables 5-6: N = 16, 32, 64, 128 real images"),
+    "segmentation.patience": Fact(None, "dsaragih/divergent-nets unet_plusplus.py: train_model runs every one of "
+                                        "--num_epochs (no early stopping) and keeps the best checkpoint by validation IoU"),
+    "segmentation.synthetic_validation": Fact("synthetic", "dsaragih/divergent-nets: synthetic-only runs choose their "
+                                                           "best checkpoint on a synthetic validation split"),
 }
 
 SETTINGS: dict[str, Fact] = {**DATA, **DDPM, **SAMPLING, **STYLE, **METRICS, **SEGMENTATION}
@@ -136,8 +142,7 @@ SETTINGS: dict[str, Fact] = {**DATA, **DDPM, **SAMPLING, **STYLE, **METRICS, **S
 # What the authors did that no configuration key of ours can equal (stated, compared in words)
 TEST_SET_DRAW = Fact("unseeded", "dsaragih/divergent-nets: the 200 test images come from an unseeded shuffle")
 SEGMENTATION_RUNS = Fact(1, "draft Tables 3-6: one training run per configuration, no seed stated")
-SYNTHETIC_VALIDATION = Fact("synthetic", "dsaragih/divergent-nets: synthetic-only runs choose their best "
-                                         "checkpoint on a synthetic validation split")
+SYNTHETIC_VALIDATION = SEGMENTATION["segmentation.synthetic_validation"]    # a setting since it has a key
 SINGAN_SEG_SOURCE_IMAGES = Fact(1000, "SinGAN-Seg (Thambawita et al. 2022): one SinGAN per HyperKvasir polyp image, "
                                       "10 samples each; the paper's GAN is its published set (osf.io/xrgz8)")
 SINGAN_SEG_SAMPLES_PER_IMAGE = Fact(10, "SinGAN-Seg's published set: 10 synthetic pairs per real image")

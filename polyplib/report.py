@@ -44,6 +44,12 @@ def _msssim(df):
     return msssim_display(df)
 
 
+def _fidelity(df):
+    from .metrics.fidelity import fidelity_display
+
+    return fidelity_display(df)
+
+
 def _comparison(df):
     from .gan.figures import comparison_display
 
@@ -53,21 +59,35 @@ def _comparison(df):
 SECTIONS = [
     Section("04", "Fidelity and diversity (notebook 04)",
             "FID and KID against the real training images (mean ± sd over independent sample sets) and "
-            "MS-SSIM within each set (lower = more diverse); the paper's values in their own column.",
+            "MS-SSIM within each set (lower = more diverse); the paper's values in their own column. A set (or real "
+            "reference) with fewer images than `metrics.min_images` has no FID or KID: its row says 'too few images' "
+            "with its n.",
             [("04_fid", "FID / KID (paper Table 1 format)", _fid),
-             ("04_msssim", "MS-SSIM within each set (paper Table 2 format)", _msssim)],
-            ["04_fid", "04_msssim"]),
+             ("04_msssim", "MS-SSIM within each set (paper Table 2 format)", _msssim),
+             ("04_label_fidelity", "Label fidelity (IoU of each generated mask with a real-only segmenter's "
+              "prediction; real test images as reference) and the seam check (accuracy of a classifier telling "
+              "generated from real polyp regions; 0.5 = indistinguishable), with 95 % intervals", _fidelity)],
+            ["04_fid", "04_msssim", "04_label_fidelity"]),
     Section("05", "GANs versus diffusion (notebook 05)",
             "Every generator trained on this run's data at this run's resolution; compute measured on this "
             "run's device, paper-scale cost extrapolated (labelled as such).",
-            [("05_comparison", "FID, MS-SSIM and compute per method", _comparison)],
-            ["05_fid_vs_compute"]),
+            [("05_comparison", "FID, MS-SSIM and compute per method", _comparison),
+             ("05_label_fidelity", "Label fidelity and the seam check of the GAN-made sets (as in notebook 04)",
+              _fidelity)],
+            ["05_fid_vs_compute", "05_label_fidelity"]),
     Section("06", "Segmentation (notebook 06)",
-            "Mean IoU / Dice on the real test images with bootstrap 95 % intervals; the paper's IoU beside them.",
+            "Mean IoU / Dice on the real test images with bootstrap 95 % intervals; the paper's IoU beside them. "
+            "Validation split that picked each checkpoint: the `validation` column of Table 3 for its rows "
+            "(synthetic-only runs: `segmentation.synthetic_validation`); real validation images for every "
+            "run of Tables 4-6. † marks a number from a run whose best epoch was its last (still improving "
+            "when training stopped: more epochs might have helped). The last table tests each synthetic-only "
+            "run with the checkpoint picked on either validation split.",
             [("06_table3", "Table 3: synthetic data only (IoU)", None),
              ("06_table4", "Table 4: real plus synthetic, with and without Control augmentation (IoU)", None),
              ("06_table5", "Table 5: small real sets (IoU)", None),
-             ("06_table6", "Table 6: small real sets (Dice)", None)],
+             ("06_table6", "Table 6: small real sets (Dice)", None),
+             ("06_validation", "Synthetic-only runs: test IoU with the checkpoint picked on synthetic or on real "
+              "validation images (best epochs; † = the last epoch run)", None)],
             ["06_iou_by_regime"]),
     Section("07", "Transfer tests (notebook 07)",
             "The models of notebook 06, unchanged, on every other prepared data set; ΔIoU is the paired "

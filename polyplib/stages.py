@@ -21,12 +21,17 @@ class Stage:
     upstream: tuple[str, ...] = ()  # ids of the stages whose artefacts this stage reads
 
 
+#: the settings of the real-only segmenter that judges label fidelity in stages 04 and 05 (metrics.fidelity)
+JUDGE = ("segmentation.models", "segmentation.encoder", "segmentation.encoder_weights", "segmentation.epochs",
+         "segmentation.patience", "segmentation.lr", "segmentation.lr_drop_epoch", "segmentation.lr_after_drop",
+         "segmentation.batch_size", "segmentation.val_fraction", "segmentation.augmentation")
+
 STAGES: tuple[Stage, ...] = (
     Stage("01", "data", "01_data_prep.ipynb", "Data preparation", ("data",)),
     Stage("02", "ddpm", "02_ddpm_training.ipynb", "DDPM training", ("clustering", "ddpm"), ("01",)),
     Stage("03", "sampling", "03_sampling.ipynb", "Sampling synthetic pairs", ("sampling",), ("01", "02")),
-    Stage("04", "metrics", "04_fid_msssim.ipynb", "FID and MS-SSIM", ("metrics",), ("01", "03")),
-    Stage("05", "gan", "05_gan_comparison.ipynb", "GAN comparison", ("gan", "metrics"), ("01", "02", "03")),
+    Stage("04", "metrics", "04_fid_msssim.ipynb", "FID and MS-SSIM", ("metrics", *JUDGE), ("01", "03")),
+    Stage("05", "gan", "05_gan_comparison.ipynb", "GAN comparison", ("gan", "metrics", *JUDGE), ("01", "02", "03")),
     Stage("06", "segmentation", "06_segmentation.ipynb", "Segmentation", ("segmentation",), ("01", "03", "05")),
     Stage("07", "transfer", "07_transfer.ipynb", "Transfer tests", ("segmentation",), ("01", "06")),
 )

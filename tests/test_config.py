@@ -34,6 +34,9 @@ def test_override_values_are_typed():
     ("smoke", ["data.split.kind=loo"], ["data.split.kind", "'random'"]),
     ("smoke", ["data.resolution"], ["data.resolution", "key=value"]),
     ("smoke", ["data.resolution.x=1"], ["data.resolution.x"]),
+    ("smoke", ["segmentation.patience=0"], ["segmentation.patience", "greater than or equal to 1"]),
+    ("smoke", ["segmentation.patience=some"], ["segmentation.patience", "some", "int | None"]),
+    ("smoke", ["segmentation.synthetic_validation=test"], ["segmentation.synthetic_validation", "'synthetic'", "'real'"]),
 ])
 def test_bad_configuration_names_the_key_and_allowed_values(profile, overrides, must_name):
     with pytest.raises(ConfigError) as err:
@@ -87,3 +90,16 @@ def test_a_profile_extends_another_and_a_cycle_is_named(tmp_path):
     (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(str(tmp_path / "a.yaml"))
+
+
+def test_min_images_default_profiles_and_validation():
+    """metrics.min_images: 100 by default and in every shipped profile (smoke keeps it, so that its small sets
+    show the refusal); below 2 (the least any FID needs) or not a number is an error naming the key."""
+    for name in ("smoke", "course", "course-real", "paper"):
+        assert load_config(name).metrics.min_images == 100, name
+    assert load_config("smoke", ["metrics.min_images=8"]).metrics.min_images == 8
+    for bad, text in (("1", "greater than or equal to 2"), ("many", "many")):
+        with pytest.raises(ConfigError) as err:
+            load_config("smoke", [f"metrics.min_images={bad}"])
+        assert "metrics.min_images" in str(err.value) and text in str(err.value)
+

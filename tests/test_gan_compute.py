@@ -211,3 +211,33 @@ def test_models_of_another_configuration_are_not_counted(run):
         path.write_text(json.dumps({**state, "key": model_key(run.cfg, ids, 1), "processes": 1}))
     # cluster-01 (key missing) is a leftover: this configuration has one cluster
     assert list(ddpm_models(run)["model"]) == ["cluster-00", "full"]
+
+
+def test_a_set_with_too_few_images_has_no_fid_in_the_comparison(run):
+    """A SinGAN-Seg set below metrics.min_images: its cell says why, no FID or KID, no point in the figure
+    (named under the axes instead); the other sets are unchanged."""
+    import matplotlib.pyplot as plt
+
+    from polyplib.gan import comparison_table
+    from polyplib.gan.compute import compute_table
+    from polyplib.gan.figures import comparison_display, fid_compute_figure
+
+    fid, ms = _metrics()
+    singan = fid["method"] == "singan"
+    fid.loc[singan, ["fid_mean", "fid_sd", "kid_mean"]] = np.nan
+    fid.loc[singan, "status"] = "too few images"
+    fid.loc[singan, "refusal"] = "too few images (n = 2 < 100)"
+    table = comparison_table(fid, ms, compute_table(run))
+    rows = table.set_index("method")
+    assert rows.loc["singan", "fid (mean ± sd)"] == "too few images (n = 2 < 100)"
+    assert rows.loc["singan", "status"] == "too few images" and np.isnan(rows.loc["singan", "kid_mean"])
+    assert rows.loc["gan", "fid (mean ± sd)"] == "150.0 (one set)" and rows.loc["gan", "refusal"] == ""
+    shown = comparison_display(table).set_index("label")
+    assert shown.loc["SinGAN-Seg (trained here, N = 2 source images)", "fid (mean ± sd)"] == \
+        "too few images (n = 2 < 100)"
+    fig = fid_compute_figure(table)
+    note = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert "SinGAN-Seg (trained here, N = 2 source images) (n = 2 < 100)" in note
+    assert not any("SinGAN" in t.get_text() for t in fig.axes[0].texts)      # no point, no label for it
+    plt.close(fig)
+

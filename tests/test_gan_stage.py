@@ -1,6 +1,7 @@
 """Stage 05 end to end at 64 px: GAN + SinGAN-Seg trained and sampled, every generator's compute
 accounted, FID / MS-SSIM with stage 04's functions, the comparison table, the cache."""
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ def run(stage05, tmp_path_factory):
         "data.resolution=64", "run.progress=false", "run.device=cpu", f"metrics.cache_dir={cache}",
         "metrics.fid_sets=2", "metrics.msssim_pairs=20", "gan.base_channels=8", "gan.z_dim=16", "gan.batch_size=4",
         "gan.max_steps=4", "gan.checkpoint_every=2", "sampling.max_coverage=1.0", "gan.n_samples=6",
-        "gan.mixed_precision=no",
+        "gan.mixed_precision=no", "metrics.min_images=3",   # SinGAN-Seg's sets (<= 2 images) stay below it
         "run.torch_threads=1", "gan.singan_images=2", "gan.singan_scales=2", "gan.singan_iters=4",
         "gan.singan_channels=8", "gan.singan_samples_per_image=2"], tmp_path_factory.mktemp("gan-stage"))
     prepare_data(run)
@@ -97,12 +98,15 @@ def test_comparison_has_this_runs_metrics_and_measured_compute(tables):
         assert table.loc[method, "train_s_measured"] > 0 and table.loc[method, "paper_scale_h_extrapolated"] > 0
     assert table.loc["diff", "train_s_measured"] == pytest.approx(12.0)
     assert table.loc["diff", "n_sets"] == 2 and table.loc["diff", "n_images"] == "12/12"
-    # SinGAN-Seg after a few iterations: whatever its pairs' fate, the protocol says so (one set per sample
-    # index, 2 sources each; sets with < 2 accepted pairs are 'too few', none at all 'empty')
+    # SinGAN-Seg after a few iterations: one set per sample index, 2 sources each, below metrics.min_images = 3:
+    # 'too few images' with its n and no FID (none accepted at all: 'empty')
     synthetic = tables["05_synthetic_sets"].set_index("method")
     assert synthetic.loc["singan", "pairs"] == 4
-    expected = {4: "ok", 0: "empty"}.get(int(synthetic.loc["singan", "accepted"]), None)
-    assert table.loc["singan", "status"] == expected or table.loc["singan", "status"] in ("too few", "ok")
+    if int(synthetic.loc["singan", "accepted"]) == 0:
+        assert table.loc["singan", "status"] == "empty"
+    else:
+        assert table.loc["singan", "status"] == "too few images" and np.isnan(table.loc["singan", "fid_mean"])
+        assert re.fullmatch(r"too few images \(n = [0-2] < 3\)", table.loc["singan", "fid (mean ± sd)"])
     assert table.loc["full-diff", "status"] == "absent" and np.isnan(table.loc["full-diff", "fid_mean"])
     assert table.loc["real", "fid_mean"] > 0 and table.loc["diff", "fid_paper_reference"] == paper.fid("diff")
     compute = tables["05_compute"].set_index("item")

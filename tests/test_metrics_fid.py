@@ -258,3 +258,21 @@ def test_fid_separates_domains_more_than_seeds(phantom_features):
     kid_other = kid_from_features(f["A"], f["B"], 1000)
     assert kid_same["kid_subset_size"] == 20  # clipped to the set size
     assert kid_other["kid_mean"] > 2 * kid_same["kid_mean"]
+
+
+def test_the_metric_functions_refuse_sets_below_the_minimum():
+    """The last guard of metrics.min_images: FID and KID of a set below it raise instead of returning a number."""
+    from polyplib.metrics.fid import too_few
+
+    rng = np.random.default_rng(4)
+    small, large = rng.normal(size=(9, 8)), rng.normal(size=(40, 8))
+    for compute in (lambda a, b, m: fid_from_features(a, b, m), lambda a, b, m: kid_from_features(a, b, 100, 10, 0, m)):
+        with pytest.raises(StageError, match=r"not computed: too few images \(n = 9 < 10\)"):
+            compute(small, large, 10)
+        with pytest.raises(StageError, match=r"too few images \(n = 1 < 2\)"):
+            compute(small[:1], large, 1)          # 2 images is the floor whatever the minimum
+        compute(small, large, 9)                  # at the minimum: a value
+    assert np.isfinite(fid_from_features(small, large, 9))
+    assert too_few({"n": 9, "real n": 300}, 100) == "too few images (n = 9 < 100)"
+    assert too_few({"n": 300, "real n": 48}, 100) == "too few images (real n = 48 < 100)"
+    assert too_few(100, 100) is None

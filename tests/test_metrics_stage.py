@@ -29,7 +29,8 @@ def _options(cache: str) -> list[str]:
             "data.split.n_test=6", "data.resolution=64", "run.progress=false", "run.device=cpu",
             "run.workers=1",  # the phantom writer forks workers; a fork after torch ran can deadlock
             f"metrics.cache_dir={cache}", "metrics.fid_sets=2", "metrics.msssim_pairs=40",
-            "metrics.review_per_source=3", "sampling.n_unconditional=0"]
+            "metrics.review_per_source=3", "sampling.n_unconditional=0",
+            "metrics.min_images=4"]  # sets of 4-16 images here; the tests of the rule itself copy the run
 
 
 def _write_method(folder, rows_and_pairs):
@@ -326,3 +327,143 @@ def test_a_run_without_synthetic_sets_reports_them_absent(stage04, run, tmp_path
     key = bare.path("metrics", "review", "key.csv")
     scores = score_review(demo_ratings(key, seed=0), key)
     assert list(scores["table"]["source"]) == ["real"] and scores["n"] == 3
+
+
+# ----------------------------------------------------------------------------- metrics.min_images
+def _copy(run, tmp_path, extra=()):
+    """The module's run (data and synthetic sets copied; cached real features reused) with other options."""
+    import shutil
+
+    from polyplib.runs import open_run
+
+    options = [o for o in _options(run.cfg.metrics.cache_dir) if not o.startswith("metrics.min_images")]
+    other = open_run("smoke", options + list(extra), tmp_path / "run")
+    for part in ("data", "synthetic"):
+        shutil.copytree(run.path(part), other.path(part))
+    return other
+
+
+def test_a_set_below_min_images_gets_no_fid_or_kid_and_says_why(stage04, run, tmp_path, capsys):
+    """min_images = 8: real halves (8 vs 8) and styled-diff (8/8) are measured at the boundary; diff (8/7),
+    the held-out test images (6) and the unconditional sets (4) are refused everywhere, with their n."""
+    from polyplib.metrics import evaluate, figures
+
+    other = _copy(run, tmp_path, ["metrics.min_images=8"])
+    out = evaluate(other)
+    printed = capsys.readouterr().out
+    fid = out["04_fid"].set_index("method")
+    assert fid.loc["real-halves", "status"] == fid.loc["styled-diff", "status"] == "ok"
+    assert fid.loc["real-halves", "fid_mean"] > 0 and fid.loc["styled-diff", "kid_mean"] > 0
+    for method, n in (("diff", 7), ("real-test", 6)):
+        assert fid.loc[method, "status"] == "too few images"
+        assert fid.loc[method, "refusal"] == f"too few images (n = {n} < 8)"
+        assert fid.loc[method, ["fid_mean", "fid_sd", "kid_mean", "kid_sd"]].astype(float).isna().all()
+    assert fid.loc["diff", "n_images"] == "8/7" and fid.loc["diff", "paper_fid"] == paper.fid("diff")
+    assert "FID diff" not in printed and "too few images (n = 7 < 8)" in printed        # nothing extracted for it
+    steps = out["04_fid_steps"]
+    assert list(steps["status"]) == ["too few images"] * 2
+    assert steps[["fid_mean", "kid_mean", "kid_sd"]].isna().all().all()
+    assert (steps["refusal"] == "too few images (n = 4 < 8)").all()
+    record = json.loads(other.path("metrics", "fid.json").read_text())
+    rows = {r["method"]: r for r in record["fid"] + record["fid_steps"]}
+    for method in ("diff", "real-test", "uncond-ddpm-10"):
+        assert not {"fid_mean", "fid_sd", "kid_mean", "kid_sd", "fid_per_set"} & set(rows[method]), method
+        assert rows[method]["status"] == "too few images" and rows[method]["refusal"].endswith("< 8)")
+    assert rows["styled-diff"]["fid_mean"] > 0 and record["settings"]["min_images"] == 8
+    saved = json.loads(other.path("results", "04_fid.json").read_text())["rows"]
+    assert next(r for r in saved if r["method"] == "diff")["fid_mean"] is None
+    shown = figures.fid_display(out["04_fid"])
+    assert shown.loc["Diff", "FID (this run, mean ± sd over sets)"] == "too few images (n = 7 < 8)"
+    assert shown.loc["Diff", "KID x 1000"] == "too few images" and shown.loc["Diff", "status"] == "too few images"
+    assert shown.loc["Diff", "FID (the paper: real data, 256 px)"] == f"{paper.fid('diff'):g}"   # the paper's stays
+    assert "±" in shown.loc["Styled-Diff", "FID (this run, mean ± sd over sets)"]
+    assert (figures.steps_display(steps)["FID (n=1 set)"] == "too few images (n = 4 < 8)").all()
+
+
+def test_smoke_tables_show_too_few_images(stage04, run, tmp_path):
+    """The smoke profile keeps the default minimum (100): on a small run every FID and KID is refused, the
+    real references too, and no Inception feature is extracted; the tables, the JSON and the figures say so."""
+    import matplotlib.pyplot as plt
+
+    from polyplib.metrics import evaluate, figures
+
+    other = _copy(run, tmp_path)
+    assert other.cfg.metrics.min_images == 100
+    out = evaluate(other)
+    fid = out["04_fid"]
+    assert set(fid["status"]) == {"too few images", "absent"}
+    assert fid[["fid_mean", "kid_mean"]].isna().all().all()
+    shown = figures.fid_display(fid)
+    column = shown["FID (this run, mean ± sd over sets)"]
+    assert column["Real vs real (disjoint halves)"] == "too few images (n = 8 < 100)"
+    assert column["Real held-out test vs train"] == "too few images (n = 6 < 100)"
+    assert column["Diff"] == "too few images (n = 7 < 100)" and column["Styled-Diff"] == "too few images (n = 8 < 100)"
+    record = json.loads(other.path("metrics", "fid.json").read_text())
+    assert record["settings"]["real_features_cache"]["real_train"]["extracted"] is False
+    assert not any("fid_mean" in r for r in record["fid"])
+    bars = figures.fid_bars(fid)
+    assert "not drawn, too few images" in " ".join(t.get_text() for t in bars.texts)
+    assert not bars.axes[0].patches                                        # no bar at all
+    other.cfg.sampling.n_unconditional = 4                                 # what made the sets (the fixture wrote 4)
+    fig, name, why = figures.steps_figure(other, out["04_fid_steps"], fid)
+    assert name == "04_unconditional_samples" and "metrics.min_images = 100" in why and "4 images" in why
+    assert sum(bool(ax.images) for ax in fig.axes) == 8                     # the samples, 4 per set, as a picture
+    for f in (bars, fig):
+        plt.close(f)
+
+
+def test_fid_vs_steps_leaves_out_refused_points_and_names_them():
+    import matplotlib.pyplot as plt
+
+    from polyplib.metrics import figures
+
+    steps = pd.DataFrame([
+        {"method": "uncond-ddim-10", "sampler": "ddim", "steps": 10, "status": "ok", "n_images": "120",
+         "fid_mean": 50.0, "fid_sd": np.nan, "kid_mean": 0.02, "kid_sd": 0.004, "resize": "clean-fid"},
+        {"method": "uncond-ddim-25", "sampler": "ddim", "steps": 25, "status": "ok", "n_images": "120",
+         "fid_mean": 40.0, "fid_sd": np.nan, "kid_mean": 0.01, "kid_sd": 0.003, "resize": "clean-fid"},
+        {"method": "uncond-ddpm-10", "sampler": "ddpm", "steps": 10, "status": "too few images", "n_images": "8",
+         "refusal": "too few images (n = 8 < 100)"}])
+    fid = pd.DataFrame([{"method": "real-halves", "status": "too few images", "refusal": "too few images (n = 50 < 100)"}])
+    fig = figures.fid_vs_steps(steps, fid)
+    fid_ax, kid_ax = fig.axes[:2]
+    for ax in (fid_ax, kid_ax):
+        assert [c.get_label() for c in ax.containers] == ["ddim"]               # no ddpm curve
+        assert "real vs real" not in [line.get_label() for line in ax.get_lines()]   # its reference was refused too
+    np.testing.assert_allclose(fid_ax.containers[0].lines[0].get_ydata(), [50.0, 40.0])
+    np.testing.assert_allclose(kid_ax.containers[0].lines[0].get_ydata(), [20.0, 10.0])
+    assert kid_ax.containers[0].has_yerr and not fid_ax.containers[0].has_yerr  # KID's sd over sets; FID has none
+    note = " ".join(t.get_text() for t in fig.texts)
+    assert "ddpm, 10 steps (n = 8 < 100)" in note.replace("\n", " ") and "real vs real line" in note
+    run = None   # a measured set exists: the curve, not the picture (the run is not needed for it)
+    _, name, _ = figures.steps_figure(run, steps, fid)
+    assert name == "04_fid_vs_steps"
+    plt.close("all")
+
+
+
+# ----------------------------------------------------------------------------- label fidelity
+def test_label_fidelity_is_refused_below_the_minimum_and_recorded(tables, run):
+    fid = tables["04_label_fidelity"].set_index("method")
+    assert list(fid.index) == ["real-test", "diff", "styled-diff"]          # no unconditional sets
+    assert fid.loc["diff", "n_pairs"] == 15 and fid.loc["styled-diff", "n_pairs"] == 16
+    assert fid.loc["diff", "judge_status"].startswith("too few pairs") and np.isnan(fid.loc["diff", "judge_iou"])
+    assert fid.loc["real-test", "judge_status"] == "too few pairs (n = 6 < 20)"
+    record = json.loads(run.path("metrics", "fidelity.json").read_text())
+    assert record["settings"]["judge"]["judge_fit_images"] > 0 and len(record["fidelity"]) == 3
+    assert json.loads(run.path("models", "judge", "judge.json").read_text())["model"] == "unet"
+
+
+def test_label_fidelity_of_real_like_pairs_matches_the_real_reference(run, monkeypatch):
+    """The diff stand-in is phantom domain A, like the real frames: its masks label its polyps as
+    well as the real test masks do. (Its frames are rendered at another scale, which the seam check
+    may find; the check's null case is in test_fidelity.py.)"""
+    from polyplib.metrics import fidelity
+
+    monkeypatch.setattr(fidelity, "MIN_REGIONS", 5)
+    table = fidelity.label_fidelity(run, {"diff": "Diff", "styled-diff": "B"}, name="fidelity-test").set_index("method")
+    ref, diff = table.loc["real-test"], table.loc["diff"]
+    assert diff["judge_status"] == "ok" and ref["judge_status"] == "ok"
+    assert diff["judge_iou_lo"] <= ref["judge_iou_hi"] and ref["judge_iou_lo"] <= diff["judge_iou_hi"]
+    assert diff["seam_status"] == "ok" and 0 <= diff["seam_lo"] <= diff["seam_accuracy"] <= diff["seam_hi"] <= 1
+    assert table.loc["styled-diff", "judge_status"] == "ok" and diff["seam_regions"] >= 5

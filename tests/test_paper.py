@@ -81,13 +81,15 @@ def test_every_paper_setting_is_stated_once_with_the_value_paper_py_holds():
     ("data.split.kind=random", "Split"), ("clustering.k=10", "Clusters"), ("clustering.features=inception", "Clusters"),
     ("ddpm.layers_per_block=1", "UNet"), ("ddpm.attention_resolutions=[16]", "UNet"),
     ("ddpm.variance=fixed_small", "Variance"), ("ddpm.num_train_timesteps=250", "Noise schedule"),
-    ("ddpm.max_steps=1000", "DDPM training"), ("ddpm.ema_decay=0.999", "EMA"), ("ddpm.mixed_precision=bf16", "Precision"),
+    ("ddpm.max_steps=1000", "DDPM training"), ("ddpm.snr_gamma=5", "DDPM training"), ("ddpm.ema_decay=0.999", "EMA"), ("ddpm.mixed_precision=bf16", "Precision"),
     ("sampling.start=sdedit", "RePaint start"), ("sampling.jump_n_sample=3", "RePaint schedule"),
     ("sampling.dilation_px=10", "Inpainted region"), ("sampling.style.lambda_vgg=0", "Styling"),
     ("sampling.style.guided=false", "Styling"), ("metrics.fid_resize=legacy-tf", "FID protocol"),
     ("metrics.fid_sets=1", "FID sets"), ("gan.singan_published=null", "SinGAN-Seg"),
     ("segmentation.encoder=resnet34", "Segmentation model"), ("segmentation.epochs=10", "Segmentation training"),
     ("segmentation.augmentation=[control]", "Segmentation data"),
+    ("segmentation.patience=5", "Segmentation training"),
+    ("segmentation.synthetic_validation=real", "Synthetic-only validation"),
 ])
 def test_changing_a_setting_changes_its_line_and_only_its_line(override, topic):
     base = WEIGHTS + ["gan.singan_published=/data/singan-seg"]
@@ -98,6 +100,16 @@ def test_changing_a_setting_changes_its_line_and_only_its_line(override, topic):
         assert f"`{key}`" in after[topic].text and "paper:" in after[topic].text
     also = {"sampling.start=sdedit": {"RePaint schedule"}}.get(override, set())   # fewer UNet calls per pair
     assert {t for t in before if before[t] != after[t]} == {topic} | also
+
+
+def test_patience_and_the_validation_choice_say_what_they_do():
+    train = _lines("paper", ["segmentation.patience=4", "segmentation.epochs=40"])["Segmentation training"]
+    assert "`segmentation.patience` = 4 (paper: None)" in train.text and "4 epoch(s)" in train.text
+    assert "after 40 epochs" in train.text and "still improving" in train.text
+    chosen = _lines("paper", ["segmentation.synthetic_validation=real"])["Synthetic-only validation"]
+    assert chosen.status == "differs" and "best IoU on the real validation images" in chosen.text
+    assert "`segmentation.synthetic_validation` = real (paper: synthetic)" in chosen.text
+    assert paper.SYNTHETIC_VALIDATION.value == load_config("paper").segmentation.synthetic_validation == "synthetic"
 
 
 def test_seeds_and_singan_sources_change_their_lines():

@@ -112,11 +112,11 @@ def test_a_killed_training_resumes_to_identical_weights(tiny_seg_run, tmp_path):
     real, val, _ = _pools(tiny_seg_run)
     syn = sdata.load_synthetic_pool(tiny_seg_run.path("synthetic", "diff"), real.ids, 32)
     plan = sdata.EpochPlan(real, syn, [], seed=3, mix_alpha=0.5, mix_r=2)    # mixing + augmentation
-    settings = TrainSettings(epochs=3, lr=1e-3, lr_drop_epoch=2, lr_after_drop=1e-4, batch_size=8,
-                             augmentation="control", seed=3)
+    settings = TrainSettings(epochs=3, patience=2, lr=1e-3, lr_drop_epoch=2, lr_after_drop=1e-4, batch_size=8,
+                             augmentation="control", seed=3)      # patience 2 of 3: stops at 3 either way
     mean, std = (0.5,) * 3, (0.5,) * 3
     whole = _tiny_model(3)
-    train_model(whole, plan, val, tmp_path / "whole", settings, mean, std)
+    summary = train_model(whole, plan, val, tmp_path / "whole", settings, mean, std)
 
     class Killed(Exception):
         pass
@@ -129,7 +129,11 @@ def test_a_killed_training_resumes_to_identical_weights(tiny_seg_run, tmp_path):
         train_model(_tiny_model(3), plan, val, tmp_path / "cut", settings, mean, std, on_epoch_end=kill)
     assert (tmp_path / "cut" / "checkpoint.pt").exists() and not (tmp_path / "cut" / "train.json").exists()
     resumed = _tiny_model(99)                      # another init: everything must come from the checkpoint
-    train_model(resumed, plan, val, tmp_path / "cut", settings, mean, std)
+    again = train_model(resumed, plan, val, tmp_path / "cut", settings, mean, std)
+    for key in ("epochs_run", "stopped", "best_epoch", "best_val_iou", "best_is_last", "best_by"):
+        assert again[key] == summary[key], key
+    assert summary["epochs_run"] == 3 and summary["stopped"] == ("patience" if summary["best_epoch"] == 1
+                                                                  else "max_epochs")
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     best_a, best_b = load_model(tmp_path / "whole" / "model"), load_model(tmp_path / "cut" / "model")
@@ -139,6 +143,37 @@ def test_a_killed_training_resumes_to_identical_weights(tiny_seg_run, tmp_path):
     pd.testing.assert_frame_equal(log_a[cols], log_b[cols])
     assert log_a["lr"].tolist() == [1e-3, 1e-3, 1e-4] and log_a["synthetic_fraction"].gt(0).all()
     assert not (tmp_path / "cut" / "checkpoint.pt").exists()     # removed once finished
+
+
+@pytest.mark.parametrize("choice", ["synthetic", "real"])
+def test_synthetic_only_runs_validate_on_both_pools_and_select_by_the_setting(tiny_seg_run, choice):
+    from polyplib.config import load_config
+    from polyplib.segmentation import study
+
+    cfg = load_config("smoke", TINY + [f"segmentation.synthetic_validation={choice}"])
+    data = study._Data(tiny_seg_run)
+    syn = study.Configuration("synthetic", "diff", None, 1, "none", "unet", 0)
+    _, pools, select = study._datasets(data, syn, cfg)
+    assert select == choice and list(pools)[0] == choice and set(pools) == {"synthetic", "real"}
+    assert pools["synthetic"].synthetic.all() and not pools["real"].synthetic.any()
+    assert set(pools["synthetic"].source_ids) == set(pools["real"].ids)   # pairs of the real validation images
+    for c in (syn.baseline(), study.Configuration("mixed", "diff", None, 1, "none", "unet", 0)):
+        _, theirs, select = study._datasets(data, c, cfg)                  # real and mixed: real, as before
+        assert list(theirs) == ["real"] and select == "real" and theirs["real"].ids == pools["real"].ids
+
+
+def test_the_validation_choice_keys_only_synthetic_only_runs(tiny_seg_run):
+    from polyplib.runs import Run
+    from polyplib.config import load_config
+    from polyplib.segmentation import study
+
+    runs = [Run(load_config("smoke", TINY + o), tiny_seg_run.dir) for o in
+            ([], ["segmentation.synthetic_validation=real"], ["segmentation.patience=3"])]
+    for c in (study.Configuration("synthetic", "diff", None, 1, "none", "unet", 0),
+              study.Configuration("mixed", "diff", None, 1, "none", "unet", 0),
+              study.Configuration("real", None, None, 0, "none", "unet", 0)):
+        base, flipped, patient = (study.configuration_key(r, c) for r in runs)
+        assert (base != flipped) == (c.regime == "synthetic") and base != patient, c
 
 
 def test_the_stage_runs_resumes_and_reports(tiny_seg_run, tmp_path, monkeypatch, with_stage_06):
@@ -190,6 +225,20 @@ def test_the_stage_runs_resumes_and_reports(tiny_seg_run, tmp_path, monkeypatch,
     syn_only = json.loads(run.path("segmentation", expected[2].name, "result.json").read_text())
     assert expected[2].regime == "synthetic" and syn_only["validation"] == "synthetic"
     assert syn_only["real_images"] == 0
+    # one epoch: every best epoch is the last; synthetic-only runs also test the best by real validation
+    assert results["best_is_last"].all() and (results["stopped"] == "max_epochs").all()
+    assert (results["epochs_run"] == 1).all() and (results["max_epochs"] == 1).all()
+    assert syn_only["other_validation"] == "real" and syn_only["best_epoch_other_validation"] == 1
+    assert 0 <= syn_only["iou_other_validation"] <= 1
+    assert run.path("segmentation", expected[2].name, "train", "model-real", "config.json").exists()
+    others = results.set_index("name")["other_validation"]
+    assert others[expected[2].name] == "real" and others.drop(expected[2].name).isna().all()
+    choice = study.read_table(run, "validation")
+    assert len(choice) == 1 and choice.loc[0, "chosen"] == "synthetic"
+    assert choice.loc[0, "IoU (real validation)"] == pytest.approx(syn_only["iou_other_validation"], abs=1e-4)
+    assert choice.loc[0, "best epoch (synthetic validation)"] == "1 †"
+    t3 = study.read_table(run, "table3")
+    assert t3["validation"].tolist() == ["real", "synthetic"] and t3["IoU (this run)"].str.endswith(" †").all()
     # served from the cache; and a forced rerun reuses every finished configuration
     assert study.read_table(run, "segmentation")["name"].tolist() == study.run_study(run)["name"].tolist()
     calls.clear()

@@ -189,20 +189,30 @@ class Chain:
         nll = -mean_flat(discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])) / math.log(2.0)
         return torch.where(i == 0, nll, kl)
 
+    def snr_weights(self, i: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma weights of the epsilon MSE (Hang et al. 2023): min(SNR_i, gamma) / SNR_i,
+        with SNR_i = alpha_bar_i / (1 - alpha_bar_i). Low-noise steps, whose fine detail costs most
+        of an unweighted loss's gradient, count less; the model learns shapes and colours sooner."""
+        ac = torch.from_numpy(self.alphas_cumprod).to(i.device)[i]
+        snr = ac / (1.0 - ac)
+        return (snr.clamp(max=gamma) / snr).float()
+
     def training_losses(self, model_output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, i: torch.Tensor,
-                        noise: torch.Tensor, variance: str) -> dict:
+                        noise: torch.Tensor, variance: str, snr_gamma: float | None = None) -> dict:
         """Per-sample losses: ``mse`` of epsilon, and with a learned variance ``vb`` (its gradient
         reaches only the variance channels: the mean is frozen) and ``loss`` = mse + vb, as
-        guided-diffusion with ``learn_sigma=True, use_kl=False, rescale_learned_sigmas=False``."""
+        guided-diffusion with ``learn_sigma=True, use_kl=False, rescale_learned_sigmas=False``.
+        ``snr_gamma``: the MSE term of ``loss`` is Min-SNR weighted (``mse`` stays unweighted)."""
         c = x0.shape[1]
         model_output = model_output.float()
         terms = {"mse": mean_flat((noise - model_output[:, :c]) ** 2)}
+        weighted = terms["mse"] if snr_gamma is None else terms["mse"] * self.snr_weights(i, snr_gamma)
         if variance == "learned_range":
             frozen = torch.cat([model_output[:, :c].detach(), model_output[:, c:]], dim=1)
             terms["vb"] = self.vb_bits(frozen, x0, xt, i, variance)
-            terms["loss"] = terms["mse"] + terms["vb"]
+            terms["loss"] = weighted + terms["vb"]
         else:
-            terms["loss"] = terms["mse"]
+            terms["loss"] = weighted
         return terms
 
 

@@ -273,8 +273,8 @@ class Trainer:
             noisy = self.chain.q_sample(clean, t, noise)
             with acc.accumulate(self.model):
                 out = self.model(noisy, t).sample
-                # MSE(eps), plus L_vlb for the variance channels with a learned sigma
-                terms = self.chain.training_losses(out, clean, noisy, t, noise, ddpm.variance)
+                # MSE(eps) (Min-SNR weighted if set), plus L_vlb for the variance channels with a learned sigma
+                terms = self.chain.training_losses(out, clean, noisy, t, noise, ddpm.variance, ddpm.snr_gamma)
                 loss = terms["loss"].mean()
                 acc.backward(loss)
                 if acc.sync_gradients:

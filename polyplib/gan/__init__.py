@@ -29,6 +29,7 @@ import pandas as pd
 
 from ..errors import StageError
 from ..metrics import METHOD_LABELS
+from ..metrics.fid import TOO_FEW
 from ..runs import Run, atomic_write_json
 
 __all__ = ["run_comparison", "load_tables", "comparison_table", "metric_tables", "import_singan_seg",
@@ -41,7 +42,8 @@ OWN = ("singan", "singan-published", "gan")
 DIFFUSION = ("diff", "full-diff", "mkl-diff", "mkl-full-diff", "styled-diff", "full-styled-diff")
 LABELS = {**METHOD_LABELS, "real": "Real (disjoint halves; MS-SSIM: training set)",
           "real-test": "Real held-out test vs train"}
-TABLES = ("05_comparison", "05_compute", "05_training", "05_synthetic_sets", "05_fid", "05_msssim")
+TABLES = ("05_comparison", "05_compute", "05_training", "05_synthetic_sets", "05_fid", "05_msssim",
+          "05_label_fidelity")
 
 
 def import_singan_seg(folder, run: Run):
@@ -96,7 +98,7 @@ def metric_tables(run: Run, own: list[str] | None = None) -> tuple[pd.DataFrame,
         ms = pd.concat([ms, m4[m4["method"].isin(DIFFUSION)].assign(computed_in="stage 04 (results/04_msssim.csv)")],
                        ignore_index=True)
     settings = {"weights": weights.record(), "features": extractor.settings(), "fid_sets": m.fid_sets,
-                "msssim_window": window, "real_features_cache": cache,
+                "msssim_window": window, "real_features_cache": cache, "min_images": m.min_images,
                 "diffusion_sets_from": "stage 04" if reuse is not None else "stage 05"}
     return fid, ms, settings
 
@@ -126,14 +128,16 @@ def comparison_table(fid: pd.DataFrame, msssim: pd.DataFrame, compute: pd.DataFr
         get = lambda r, c: (r[c] if r is not None and c in r and pd.notna(r[c]) else np.nan)  # noqa: E731
         status = fr["status"] if fr is not None and "status" in fr else "absent"
         fid_mean, fid_sd = float(get(fr, "fid_mean")), float(get(fr, "fid_sd"))
+        refusal = (fr["refusal"] if "refusal" in fr and isinstance(fr["refusal"], str) else TOO_FEW) \
+            if status == TOO_FEW else ""       # below metrics.min_images: no FID, no KID, the count instead
         rows.append({
             "method": method, "status": status,
             "label": fr["label"] if fr is not None and method in COMPARED else LABELS.get(method, method),
             "n_sets": int(get(fr, "n_sets")) if np.isfinite(get(fr, "n_sets")) else 0,
             "n_images": get(fr, "n_images") if fr is not None else "",
-            "fid (mean ± sd)": _fmt(fid_mean, fid_sd), "fid_mean": fid_mean, "fid_sd": fid_sd,
+            "fid (mean ± sd)": refusal or _fmt(fid_mean, fid_sd), "fid_mean": fid_mean, "fid_sd": fid_sd,
             "fid_resize": fr["resize"] if fr is not None and isinstance(fr.get("resize"), str) else "",
-            "kid_mean": float(get(fr, "kid_mean")),
+            "kid_mean": float(get(fr, "kid_mean")), "refusal": refusal,
             "msssim_mean": float(get(sr, "msssim_mean")), "msssim_sd": float(get(sr, "msssim_sd")),
             "train_s_measured": float(get(cr, "train_s_measured")),
             "generate_s_measured": float(get(cr, "generate_s_measured")),
@@ -148,6 +152,7 @@ def comparison_table(fid: pd.DataFrame, msssim: pd.DataFrame, compute: pd.DataFr
     table = pd.DataFrame(rows)
     table.attrs["columns"] = {
         "fid_mean / fid_sd / msssim_mean": "this run, stage 04's protocol (FID vs the real training images)",
+        "refusal": "why a set has no FID or KID: fewer images than metrics.min_images (the set or its real reference)",
         "train_s_measured / generate_s_measured": "measured wall-clock seconds on this run (device_measured)",
         "paper_scale_h_extrapolated": "extrapolated, not measured: see 05_compute (formula per row)",
         "fid_paper_reference / msssim_paper_reference": "the paper's numbers (draft), reference only"}
@@ -165,6 +170,7 @@ def _compute(run: Run, force: bool) -> dict[str, pd.DataFrame]:
 def _compute_tables(run: Run, force: bool) -> dict[str, pd.DataFrame]:
     from dataclasses import asdict
 
+    from ..metrics.fidelity import label_fidelity
     from . import singan as singan_mod
     from .compute import compute_table
     from .train import sample_gan, train_gan
@@ -200,9 +206,11 @@ def _compute_tables(run: Run, force: bool) -> dict[str, pd.DataFrame]:
     compute = compute_table(run)
     fid, msssim, settings = metric_tables(run, planned_sets(cfg))
     comparison = comparison_table(fid, msssim, compute)
+    fidelity = label_fidelity(run, {r.method: r.label for r in fid.itertuples()
+                                    if r.method in planned_sets(cfg) and r.status != "absent"}, name="fidelity_gan")
     atomic_write_json(run.path("metrics", "gan_comparison.json"), {
         "settings": settings, "gan": asdict(result), "column_meaning": comparison.attrs["columns"]})
-    tables = dict(zip(TABLES, (comparison, compute, training, synthetic, fid, msssim)))
+    tables = dict(zip(TABLES, (comparison, compute, training, synthetic, fid, msssim, fidelity)))
     run.save_tables(tables, stage="05")
     return tables
 

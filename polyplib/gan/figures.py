@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..metrics.figures import finish, refused_note
 from ..plots import overlay
 from ..runs import Run
 
@@ -139,7 +140,8 @@ def gan_loss_figure(run: Run, smooth: int = 10):
 
 
 def fid_compute_figure(comparison: pd.DataFrame, size=(6.5, 3.6)):
-    """FID (this run, mean ± sd) against measured training seconds (log), one point per set."""
+    """FID (this run, mean ± sd) against measured training seconds (log), one point per set; a set with too few
+    images for an FID (``metrics.min_images``) has no point and is named in a note under the axes."""
     import matplotlib.pyplot as plt
 
     df = comparison[np.isfinite(comparison["fid_mean"]) & np.isfinite(comparison["train_s_measured"])]
@@ -153,10 +155,17 @@ def fid_compute_figure(comparison: pd.DataFrame, size=(6.5, 3.6)):
     if len(real) and np.isfinite(real["fid_mean"].iloc[0]):
         ax.axhline(real["fid_mean"].iloc[0], color="grey", ls="--", lw=1, label="real vs real (halves)")
         ax.legend(fontsize=7)
-    ax.set_xscale("log")
+    if df.empty:
+        ax.text(0.5, 0.5, "no set with an FID and a measured training time", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        ax.set_xscale("log")
     ax.set_xlabel("training compute, measured seconds on this run (log)")
     ax.set_ylabel("FID vs real training images (this run)")
-    fig.tight_layout()
+    finish(fig, refused_note(comparison.assign(label=comparison["label"].where(comparison["method"] != "real",
+                                                                                "real vs real (halves)"))))
     return fig
 
 

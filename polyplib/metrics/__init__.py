@@ -1,4 +1,5 @@
-"""Stage 04: how faithful (FID, KID) and how diverse (MS-SSIM) are the synthetic sets?
+"""Stage 04: how faithful (FID, KID) and how diverse (MS-SSIM) are the synthetic sets, and do their
+masks label their polyps (label fidelity, the seam check: :mod:`.fidelity`)?
 
 The paper's protocol: the FID of each synthetic set against the real training images, over
 ``metrics.fid_sets`` independent sets (mean ± sd), beside the real-vs-real reference (two disjoint
@@ -12,6 +13,11 @@ values (the paper's 3 samples per real image) gives one set per sample index, i.
 pair per source frame, the first ``fid_sets`` of them. Any other method is one set (n = 1, no sd;
 the table says so in ``protocol``): it is not split, because FID is biased upwards at small n and
 a subset's FID would not be comparable with the full set's.
+
+Too few images: a comparison in which a set, or the real images it is compared with, holds fewer than
+``metrics.min_images`` images gets no FID and no KID (nor KID's sd): its row has status ``too few
+images`` and ``refusal`` says which count was short (``too few images (n = 9 < 100)``). The real
+references (real-halves, real-test) obey the same rule; nothing is extracted or computed for them.
 """
 from __future__ import annotations
 
@@ -25,9 +31,10 @@ import pandas as pd
 from ..errors import StageError
 from ..runs import Run, atomic_write_json
 from .. import paper
-from .fid import (RESIZE_POLICY, InceptionFeatures, cached_features, fid_from_features,
-                  kid_from_features, real_halves)
+from .fid import (RESIZE_POLICY, TOO_FEW, InceptionFeatures, cached_features, fid_from_features,
+                  kid_from_features, real_halves, too_few)
 from .inception_weights import locate_fid_helper_weights, resolve_fid_weights
+from .fidelity import label_fidelity
 from .msssim import msssim_pairs
 from .review import REVIEW_SOURCES, choose_items, cohen_kappa, score_review, write_kit
 from ..training import resolve_device
@@ -161,9 +168,11 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 def _summary(method: str, label: str, protocol: str, n_images: str, pairs: list[tuple[np.ndarray, np.ndarray]],
              size: str, m, resize: str, note: str = "", paper_key: str | None = None) -> dict:
     """One table row: FID and KID of each (set, reference) feature pair, mean ± sd over the pairs;
-    ``m`` is the metrics section, ``resize`` the name of the resize protocol that made the features."""
-    fids = [fid_from_features(a, b) for a, b in pairs]
-    kids = [kid_from_features(a, b, m.kid_subset_size, KID_SUBSETS, m.seed) for a, b in pairs]
+    ``m`` is the metrics section, ``resize`` the name of the resize protocol that made the features.
+    The callers refuse a comparison below ``m.min_images`` first (:func:`_refused_row`); the metric
+    functions refuse it again."""
+    fids = [fid_from_features(a, b, m.min_images) for a, b in pairs]
+    kids = [kid_from_features(a, b, m.kid_subset_size, KID_SUBSETS, m.seed, m.min_images) for a, b in pairs]
     fid_mean, fid_sd = _mean_sd(fids)
     kid_mean, kid_sd = _mean_sd([k["kid_mean"] for k in kids])
     return {"method": method, "label": label, "status": "ok", "n_sets": len(fids), "protocol": protocol,
@@ -171,7 +180,17 @@ def _summary(method: str, label: str, protocol: str, n_images: str, pairs: list[
             "fid_per_set": "; ".join(f"{v:.3f}" for v in fids), "kid_mean": kid_mean, "kid_sd": kid_sd,
             "kid_subset_size": min(k["kid_subset_size"] for k in kids), "n_real": len(pairs[0][1]),
             "image_size": size, "resize": resize, "paper_fid": paper.fid(paper_key),
-            "paper_fid_per_set": paper.fid_per_set(paper_key), "note": note}
+            "paper_fid_per_set": paper.fid_per_set(paper_key), "min_images": m.min_images, "note": note}
+
+
+def _refused_row(method: str, label: str, protocol: str, n_images: str, n_sets: int, n_real: int, size: str, m,
+                 refusal: str, note: str = "", paper_key: str | None = None) -> dict:
+    """A comparison below ``metrics.min_images``: the counts and why, no FID, no KID (the paper's value stays)."""
+    print(f"{method}: {refusal}; no FID or KID computed")
+    return {"method": method, "label": label, "status": TOO_FEW, "n_sets": n_sets, "protocol": protocol,
+            "n_images": n_images, "n_real": n_real, "image_size": size, "paper_fid": paper.fid(paper_key),
+            "paper_fid_per_set": paper.fid_per_set(paper_key), "min_images": m.min_images, "refusal": refusal,
+            "note": note}
 
 
 def _absent_row(info: SetInfo, kind: str) -> dict:
@@ -181,11 +200,16 @@ def _absent_row(info: SetInfo, kind: str) -> dict:
                else {"paper_msssim": paper.msssim(info.paper_key)})}
 
 
-def _method_row(info: SetInfo, extractor: InceptionFeatures, real: np.ndarray, m) -> dict:
+def _method_row(info: SetInfo, extractor: InceptionFeatures, real: np.ndarray | None, n_real: int, m) -> dict:
+    """A synthetic method's row; ``real`` is None when the real reference itself is too small."""
     if info.status != "ok":
         return _absent_row(info, "fid")
-    if any(len(ids) < 2 for ids in info.sets):
-        return {**_absent_row(info, "fid"), "status": "too few", "note": "a set has fewer than 2 images"}
+    sizes = [len(ids) for ids in info.sets]
+    refusal = too_few({"n": min(sizes), "real n": n_real}, m.min_images)
+    if refusal or real is None:
+        return _refused_row(info.method, info.label, info.protocol, "/".join(map(str, sizes)), len(sizes), n_real,
+                            _size(_images(info.folder, info.sets[0][:1])) if min(sizes) else "", m,
+                            refusal or too_few({"real n": n_real}, m.min_images), paper_key=info.paper_key)
     feats = []
     for k, ids in enumerate(info.sets):
         print(f"FID {info.method}: set {k + 1}/{len(info.sets)} ({len(ids)} images)")
@@ -205,33 +229,58 @@ def fid_tables(run: Run, extractor: InceptionFeatures,
     train, test = ds.ids("train"), ds.ids("test")
     if len(train) < 4:
         raise StageError(f"FID needs at least 4 real training images (two halves of 2), found {len(train)}")
-    real = cached_features(f"{ds.name}-train", train, [ds.paths(i)[0] for i in train], extractor, m.cache_dir)
-    print(f"real training images: {len(train)} ({'cached' if real.hit else 'extracted'}: {real.path.name})")
+    short = too_few({"real n": len(train)}, m.min_images)    # the reference of every row: none is computed
+    real = None if short else cached_features(f"{ds.name}-train", train, [ds.paths(i)[0] for i in train], extractor,
+                                              m.cache_dir)
+    print(f"real training images: {len(train)} " + (f"({'cached' if real.hit else 'extracted'}: {real.path.name})"
+                                                      if real else f"({short}: not extracted)"))
     size = _size(_images(ds.folder, train[:1]))
     halves = real_halves(len(train), m.fid_sets, m.seed)
-    rows = [_summary("real-halves", "Real vs real (disjoint halves)",
-                     f"{len(halves)} seeded random splits of the training images",
-                     f"{len(halves[0][0])} vs {len(halves[0][1])}",
-                     [(real.features[a], real.features[b]) for a, b in halves], size, m, extractor.protocol,
-                     note="reference: FID of real against real at this n")]
+    half = (f"{len(halves)} seeded random splits of the training images", f"{len(halves[0][0])} vs {len(halves[0][1])}")
+    refusal = too_few({"n": len(halves[0][0])}, m.min_images)
+    note = "reference: FID of real against real at this n"
+    rows = [_refused_row("real-halves", "Real vs real (disjoint halves)", *half, len(halves), len(halves[0][1]), size,
+                         m, refusal or short, note) if refusal or real is None else
+            _summary("real-halves", "Real vs real (disjoint halves)", *half,
+                     [(real.features[a], real.features[b]) for a, b in halves], size, m, extractor.protocol, note=note)]
     if len(test) >= 2:
-        held_out = cached_features(f"{ds.name}-test", test, [ds.paths(i)[0] for i in test], extractor, m.cache_dir)
-        rows.append(_summary("real-test", "Real held-out test vs train", "the held-out real test images, one set",
-                             str(len(test)), [(held_out.features, real.features)], size, m, extractor.protocol,
-                             note="reference: unseen real images"))
+        label, protocol, note = ("Real held-out test vs train", "the held-out real test images, one set",
+                                 "reference: unseen real images")
+        refusal = too_few({"n": len(test), "real n": len(train)}, m.min_images)
+        if refusal or real is None:
+            rows.append(_refused_row("real-test", label, protocol, str(len(test)), 1, len(train), size, m,
+                                     refusal, note))
+        else:
+            held_out = cached_features(f"{ds.name}-test", test, [ds.paths(i)[0] for i in test], extractor,
+                                       m.cache_dir)
+            rows.append(_summary("real-test", label, protocol, str(len(test)), [(held_out.features, real.features)],
+                                 size, m, extractor.protocol, note=note))
     steps_rows = []
     for method, info in sets.items():
-        row = _method_row(info, extractor, real.features, m)
+        row = _method_row(info, extractor, real.features if real else None, len(train), m)
         uncond = UNCOND.match(method)
         if uncond:
             steps_rows.append({"sampler": uncond["sampler"], "steps": int(uncond["steps"]), **row})
         else:
             rows.append(row)
-    steps = pd.DataFrame(steps_rows)
+    steps = _with_value_columns(pd.DataFrame(steps_rows))
     if len(steps):
         steps = steps.sort_values(["sampler", "steps"]).reset_index(drop=True)
-    cache = {"real_train": {"path": str(real.path), "key": real.key, "hit": real.hit, "n": len(train)}}
-    return pd.DataFrame(rows), steps, cache
+    cache = {"real_train": {"path": str(real.path), "key": real.key, "hit": real.hit, "n": len(train)} if real
+             else {"n": len(train), "extracted": False, "why": short}}
+    return _with_value_columns(pd.DataFrame(rows)), steps, cache
+
+
+#: the measured columns, present (empty) even when no row has a value, e.g. when every set is too small
+VALUE_COLUMNS = ("fid_mean", "fid_sd", "fid_per_set", "kid_mean", "kid_sd", "kid_subset_size", "resize")
+
+
+def _with_value_columns(table: pd.DataFrame) -> pd.DataFrame:
+    if len(table):
+        for column in VALUE_COLUMNS:
+            if column not in table:
+                table[column] = np.nan
+    return table
 
 
 # ----------------------------------------------------------------------------- MS-SSIM
@@ -295,7 +344,20 @@ def review_kit(run: Run, sets: dict[str, SetInfo]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- the stage
-TABLES = ("04_fid", "04_fid_steps", "04_msssim", "04_review_kit")
+TABLES = ("04_fid", "04_fid_steps", "04_msssim", "04_review_kit", "04_label_fidelity")
+MIN_IMAGES_RULE = ("a comparison whose set or real reference holds fewer than {m} images (metrics.min_images) has "
+                   "status 'too few images' and no FID, KID or KID sd")
+
+
+def json_records(table: pd.DataFrame) -> list[dict]:
+    """A table's rows for a JSON record; a row without a measurement (absent, too few images) holds no
+    empty value fields at all, so that nothing stands where a number would."""
+    out = []
+    for row in table.to_dict("records"):
+        if row.get("status") != "ok":
+            row = {k: v for k, v in row.items() if not (isinstance(v, float) and np.isnan(v))}
+        out.append(row)
+    return out
 
 
 def _expected(run: Run) -> list[str]:
@@ -319,18 +381,22 @@ def _compute(run: Run) -> dict[str, pd.DataFrame]:
     fid, steps, cache = fid_tables(run, extractor, sets)
     msssim, window = msssim_table(run, sets)
     kit = review_kit(run, sets)
+    # the labelled sets the segmentation study can train on (the unconditional step study is a picture)
+    fidelity = label_fidelity(run, {k: info.label for k, info in sets.items()
+                                    if info.status == "ok" and not UNCOND.match(k)})
     settings = {"weights": weights.record(), "features": extractor.settings(), "fid_resize": extractor.resize,
                 "resize": extractor.protocol, "resize_policy": RESIZE_POLICY[extractor.resize],
                 "fid_sets": m.fid_sets, "kid_subset_size": m.kid_subset_size, "kid_subsets": KID_SUBSETS,
-                "seed": m.seed, "real_features_cache": cache,
+                "seed": m.seed, "real_features_cache": cache, "min_images": m.min_images,
+                "min_images_rule": MIN_IMAGES_RULE.format(m=m.min_images),
                 "note": "FID is biased upwards at small n; compare numbers only at equal n and image size"}
     atomic_write_json(run.path("metrics", "fid.json"), {
-        "settings": settings, "fid": fid.to_dict("records"), "fid_steps": steps.to_dict("records")})
+        "settings": settings, "fid": json_records(fid), "fid_steps": json_records(steps)})
     atomic_write_json(run.path("metrics", "msssim.json"), {
         "settings": {"pairs_per_set": m.msssim_pairs, "seed": m.seed, "window": window,
                      "rule": "largest odd win_size <= 11 with (win-1)*16 < min side and win <= min side/16"},
         "msssim": msssim.to_dict("records")})
-    tables = dict(zip(TABLES, (fid, steps, msssim, kit)))
+    tables = dict(zip(TABLES, (fid, steps, msssim, kit, fidelity)))
     run.save_tables(tables, stage="04")
     return tables
 

@@ -145,6 +145,19 @@ class InceptionFeatures:
 
 
 # ----------------------------------------------------------------------------- the metrics
+#: The status of a comparison with a set below ``metrics.min_images``: no FID, no KID, the count instead.
+TOO_FEW = "too few images"
+
+
+def too_few(sizes: dict[str, int] | int, minimum: int) -> str | None:
+    """Why a comparison gets no FID or KID: ``'too few images (n = 9 < 100)'`` when a set (or, by name, the
+    reference: ``{"n": 300, "real n": 48}``) holds fewer than ``minimum`` images; None when every one is enough."""
+    for name, n in ({"n": sizes} if isinstance(sizes, int) else sizes).items():
+        if int(n) < minimum:
+            return f"{TOO_FEW} ({name} = {int(n)} < {minimum})"
+    return None
+
+
 def statistics(features: np.ndarray) -> dict:
     """Mean and covariance of features (torch-fidelity's ``fid_features_to_statistics``)."""
     import torch
@@ -173,8 +186,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
-def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
-    """FID between two feature sets (rows = images; each set needs at least 2 rows).
+def fid_from_features(f1: np.ndarray, f2: np.ndarray, min_images: int = 2) -> float:
+    """FID between two feature sets (rows = images; each set needs at least ``min_images`` rows, at least 2:
+    the stages pass ``metrics.min_images`` and a smaller set raises a StageError that says so).
 
     With fewer images than feature dimensions (always, below 2048 images) the covariances have
     low rank, and tr((S1 S2)^1/2) is exactly the sum of the singular values of X1 X2^T divided by
@@ -183,8 +197,9 @@ def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
     of seconds on a CPU, which matters when a run compares dozens of sets."""
     f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
     n1, n2 = len(f1), len(f2)
-    if n1 < 2 or n2 < 2:
-        raise StageError(f"FID needs at least 2 images per set, got {n1} and {n2}")
+    refused = too_few({"n": min(n1, n2)}, max(2, min_images))
+    if refused:
+        raise StageError(f"FID not computed: {refused}; sets of {n1} and {n2} images")
     if min(n1, n2) > f1.shape[1]:
         a, b = statistics(f1), statistics(f2)
         return frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
@@ -196,14 +211,16 @@ def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
 
 
 def kid_from_features(f1: np.ndarray, f2: np.ndarray, subset_size: int, subsets: int = 100,
-                      seed: int = 0) -> dict:
-    """KID (torch-fidelity, polynomial kernel) with the subset size clipped to the smaller set."""
+                      seed: int = 0, min_images: int = 2) -> dict:
+    """KID (torch-fidelity, polynomial kernel) with the subset size clipped to the smaller set; each set
+    needs at least ``min_images`` images (as :func:`fid_from_features`)."""
     import torch
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
     size = int(min(subset_size, len(f1), len(f2)))
-    if size < 2:
-        raise StageError(f"KID needs at least 2 images per set, got {len(f1)} and {len(f2)}")
+    refused = too_few({"n": min(len(f1), len(f2))}, max(2, min_images))
+    if refused:
+        raise StageError(f"KID not computed: {refused}; sets of {len(f1)} and {len(f2)} images")
     out = kid_features_to_metric(torch.from_numpy(np.asarray(f1, np.float32)),
                                  torch.from_numpy(np.asarray(f2, np.float32)),
                                  kid_subsets=subsets, kid_subset_size=size, rng_seed=seed, verbose=False)

@@ -2,11 +2,43 @@
 paper's numbers as a labelled reference column), bars with error bars, FID against sampler steps,
 and the blinded review items. Every FID shown names the resize protocol that made it (``metrics.fid_resize``:
 clean-fid's, as the paper, or the legacy TF one): the two give different numbers for the same images.
-Figures are saved by the notebook with :func:`polyplib.plots.save_figure`."""
+A set below ``metrics.min_images`` has no value: tables say ``too few images (n = 9 < 100)`` in its
+place, figures leave its point out and say so. Figures are saved by the notebook with
+:func:`polyplib.plots.save_figure`."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from .fid import TOO_FEW
+
+
+def _column(table: pd.DataFrame, name: str) -> pd.Series:
+    """A numeric column, all NaN when the table has none (e.g. no row was measured)."""
+    return table[name].astype(float) if name in table else pd.Series(np.nan, index=table.index)
+
+
+def _refused(table: pd.DataFrame) -> pd.Series:
+    """Per row: the refusal text ('too few images (n = 9 < 100)') where the set was too small, else ''."""
+    if table.empty or "status" not in table:
+        return pd.Series("", index=table.index, dtype=object)
+    why = table.get("refusal", pd.Series(TOO_FEW, index=table.index)).fillna(TOO_FEW).astype(str)
+    return why.where(table["status"] == TOO_FEW, "")
+
+
+def _or_refused(texts, table: pd.DataFrame, short: bool = False) -> list[str]:
+    """``texts`` with each refused row's text in place of its (missing) value; ``short``: just 'too few images'."""
+    return [(TOO_FEW if short else r) if r else t for t, r in zip(texts, _refused(table))]
+
+
+def refused_note(table: pd.DataFrame, name: str = "label") -> str:
+    """One line naming the rows left out of a figure for too few images, '' when none."""
+    why = _refused(table)
+    if not why.any():
+        return ""
+    names = table.get(name, table.get("method", pd.Series("", index=table.index))).astype(str)
+    items = [f"{n} ({w[len(TOO_FEW) + 2:-1]})" for n, w in zip(names, why) if w]
+    return f"not drawn, {TOO_FEW} (metrics.min_images): " + "; ".join(items)
 
 
 def _pm(mean, sd, digits: int) -> str:
@@ -31,7 +63,8 @@ def _display(table: pd.DataFrame, value: str, sd: str, paper: str, name: str, di
         return pd.DataFrame(columns=["method", f"{name} (this run)"])
     out = pd.DataFrame({
         "method": table["label"],
-        f"{name} (this run, mean ± sd over sets)": [_pm(m, s, digits) for m, s in zip(table[value], table[sd])],
+        f"{name} (this run, mean ± sd over sets)": _or_refused([_pm(m, s, digits) for m, s in
+                                                                 zip(_column(table, value), _column(table, sd))], table),
         "sets": table["n_sets"], "images per set": table["n_images"].map(_count),
         "image size": table["image_size"].fillna("").astype(str),
         f"{name} (the paper: real data, 256 px)": table[paper].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
@@ -58,7 +91,8 @@ def fid_display(fid: pd.DataFrame) -> pd.DataFrame:
     paper's column."""
     out = _display(fid, "fid_mean", "fid_sd", "paper_fid", "FID", 1)
     if not fid.empty:
-        out.insert(1, "KID x 1000", [_pm(1000 * m, 1000 * s, 2) for m, s in zip(fid["kid_mean"], fid["kid_sd"])])
+        out.insert(1, "KID x 1000", _or_refused([_pm(1000 * m, 1000 * s, 2) for m, s in
+                                                 zip(_column(fid, "kid_mean"), _column(fid, "kid_sd"))], fid, short=True))
         out.insert(2, RESIZE_COLUMN, _resize(fid))
     return out
 
@@ -73,13 +107,18 @@ def msssim_display(msssim: pd.DataFrame) -> pd.DataFrame:
 
 
 def steps_display(steps: pd.DataFrame) -> pd.DataFrame:
-    """FID of the unconditional sets by sampler and number of steps."""
+    """FID of the unconditional sets by sampler and number of steps ('too few images (n = 8 < 100)' where a set
+    is below ``metrics.min_images``)."""
     if steps.empty:
         return pd.DataFrame(columns=["sampler", "steps", "FID (n=1 set)", "KID x 1000", RESIZE_COLUMN, "images",
                                      "status"])
+    fid = [_pm(m, np.nan, 1).replace(" (n=1)", "") for m in _column(steps, "fid_mean")]
+    kid = [_pm(1000 * m, 1000 * s, 2).replace(" (n=1)", "") for m, s in
+           zip(_column(steps, "kid_mean"), _column(steps, "kid_sd"))]
     return pd.DataFrame({"sampler": steps["sampler"], "steps": steps["steps"],
-                         "FID (n=1 set)": steps["fid_mean"].round(1), "KID x 1000": (1000 * steps["kid_mean"]).round(2),
-                         RESIZE_COLUMN: _resize(steps), "images": steps["n_images"], "status": steps["status"]})
+                         "FID (n=1 set)": _or_refused(fid, steps), "KID x 1000": _or_refused(kid, steps, short=True),
+                         RESIZE_COLUMN: _resize(steps), "images": steps["n_images"].map(_count),
+                         "status": steps["status"]})
 
 
 def _present(table: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -106,9 +145,27 @@ def metric_bars(table: pd.DataFrame, value: str, sd: str, paper: str, ylabel: st
     ax.set_xticks(x, df.get("label", df.get("method", [])), rotation=25, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    if df.empty:                                     # nothing measured: say so instead of an empty scale
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no set with a value" + (" (see below)" if refused_note(table) else ""), ha="center",
+                va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=8)
+    finish(fig, refused_note(table))
     return fig
+
+
+def finish(fig, note: str = "") -> None:
+    """Lay the figure out, with ``note`` (e.g. which sets were left out and why) in small red text under the axes."""
+    if not note:
+        fig.tight_layout()
+        return
+    import textwrap
+
+    width = fig.get_figwidth()
+    lines = textwrap.wrap(note, max(40, int(width * 17)))
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="#a33", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, min(0.5, (0.12 * len(lines) + 0.08) / fig.get_figheight()), 1, 1))
 
 
 def fid_bars(fid: pd.DataFrame):
@@ -121,36 +178,77 @@ def msssim_bars(msssim: pd.DataFrame):
                        "MS-SSIM within set (lower = more diverse)", "Diversity: MS-SSIM per set")
 
 
+def _steps_names(steps: pd.DataFrame) -> pd.Series:
+    return steps["sampler"].astype(str) + ", " + steps["steps"].astype(str) + " steps"
+
+
 def fid_vs_steps(steps: pd.DataFrame, fid: pd.DataFrame | None = None):
-    """FID of unconditional samples against the number of sampler steps, one line per sampler
-    (the real-vs-real FID of ``fid`` as a dashed reference)."""
+    """FID (left) and KID (right) of unconditional samples against the number of sampler steps, one line per
+    sampler; error bars are the sd over independent sets where a point has several (none for one set). The
+    real-vs-real values of ``fid`` are the dashed reference. Sets below ``metrics.min_images`` are left out
+    and named in a note under the axes: a point there would be a number that means nothing."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    reference = None
-    if fid is not None and "real-halves" in set(fid["method"]):
-        reference = float(fid.set_index("method").loc["real-halves", "fid_mean"])
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    real = None
+    if fid is not None and len(fid) and "real-halves" in set(fid["method"]):
+        real = fid.set_index("method").loc["real-halves"]
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
     df = _present(steps, "fid_mean")
-    for sampler, g in (df.groupby("sampler") if len(df) else []):
-        g = g.sort_values("steps")
-        ax.errorbar(g["steps"], g["fid_mean"], yerr=g["fid_sd"].fillna(0), marker="o", capsize=3, label=sampler)
-    if reference is not None and np.isfinite(reference):
-        ax.axhline(reference, color="grey", ls="--", lw=1, label="real vs real")
-    if df.empty:
-        ax.text(0.5, 0.5, "no unconditional sets on disk", ha="center", va="center", transform=ax.transAxes)
-    else:
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(df["steps"].unique()))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=8)
-    ax.set_xlabel("sampler steps (log scale)")
-    ax.set_ylabel("FID vs real training images")
-    ax.set_title(_with_protocol("Unconditional samples: FID against steps", df))
-    fig.tight_layout()
+    for ax, value, sd, scale, ylabel in ((axes[0], "fid_mean", "fid_sd", 1.0, "FID vs real training images"),
+                                         (axes[1], "kid_mean", "kid_sd", 1000.0, "KID x 1000 vs real training images")):
+        for sampler, g in (df.groupby("sampler") if len(df) else []):
+            g = g.sort_values("steps")
+            err = scale * g[sd].to_numpy(float) if sd in g else np.full(len(g), np.nan)
+            ax.errorbar(g["steps"].to_numpy(float), scale * g[value].to_numpy(float), yerr=np.where(np.isfinite(err), err, 0) if np.isfinite(err).any()
+                        else None, marker="o", capsize=3, label=sampler)
+        if real is not None and real.get("status") == "ok" and np.isfinite(float(real.get(value, np.nan))):
+            ax.axhline(scale * float(real[value]), color="grey", ls="--", lw=1, label="real vs real")
+        if df.empty:
+            why = "every unconditional set has too few images:\nno curve" if len(steps) else "no unconditional sets on disk"
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.set_xscale("log")
+            ax.set_xticks(sorted(df["steps"].unique()))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.legend(fontsize=8)
+        ax.set_xlabel("sampler steps (log scale)")
+        ax.set_ylabel(ylabel)
+    fig.suptitle(_with_protocol("Unconditional samples: FID and KID against steps", df), fontsize=10)
+    note = refused_note(steps.assign(label=_steps_names(steps))) if len(steps) else ""
+    if real is not None and real.get("status") == TOO_FEW:
+        note += ("; " if note else "") + f"real vs real line: {real.get('refusal', TOO_FEW)}"
+    finish(fig, note)
     return fig
+
+
+def steps_measured(steps: pd.DataFrame) -> bool:
+    """Whether any unconditional set has enough images (``metrics.min_images``) for an FID."""
+    return not _present(steps, "fid_mean").empty
+
+
+def steps_figure(run, steps: pd.DataFrame, fid: pd.DataFrame | None = None):
+    """Notebook 04's sampler-steps figure: ``(figure, name, line to print)``.
+
+    When at least one unconditional set has ``metrics.min_images`` images (or there is none at all), the
+    curve of :func:`fid_vs_steps` (``04_fid_vs_steps``). Otherwise the sets are a picture, not numbers: stage
+    03's sample grid of the same sets (:func:`polyplib.sampling.figures.unconditional_grid`,
+    ``04_unconditional_samples``) and a line that says why no curve is drawn."""
+    if steps.empty or steps_measured(steps):
+        line = "" if steps.empty else refused_note(steps.assign(label=_steps_names(steps)))
+        return fid_vs_steps(steps, fid), "04_fid_vs_steps", line
+    from ..sampling.figures import unconditional_grid
+
+    m, n = run.cfg.metrics.min_images, run.cfg.sampling.n_unconditional
+    counts = ", ".join(sorted({_count(v) for v in steps["n_images"]}, key=lambda c: (len(c), c)))
+    line = (f"No FID/KID-against-steps curve: the unconditional sets hold {counts} images each "
+            f"(sampling.n_unconditional = {n}), fewer than metrics.min_images = {m}; at that n the values would be "
+            f"bias and noise, so the samples are shown as a picture instead.")
+    fig = unconditional_grid(run, {"methods": [{"method": name} for name in steps["method"]]}, n=6)
+    fig.suptitle(f"Unconditional samples (a picture, not a measurement: n < {m} per set)", fontsize=9)
+    fig.tight_layout()
+    return fig, "04_unconditional_samples", line
 
 
 def review_grid(run, ncols: int = 6):
@@ -163,3 +261,39 @@ def review_grid(run, ncols: int = 6):
     pairs = [ds.load(r.pair_id) if r.source == "real"
              else PreparedSet(run.path("synthetic", r.method)).load(r.pair_id) for r in key.itertuples()]
     return pair_grid(pairs, list(key["item"]), ncols=ncols, suptitle="Blinded review items")
+
+
+def fidelity_figure(table: pd.DataFrame):
+    """Label fidelity (judge IoU; the real test images' value and interval as the green band) and the
+    seam check's accuracy (0.5 = chance, dashed), one row per synthetic set, with 95 % intervals."""
+    import matplotlib.pyplot as plt
+
+    ref = table[table["method"] == "real-test"]
+    sets = table[table["method"] != "real-test"].reset_index(drop=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * max(3, len(sets)) + 1.3), sharey=True)
+    y = np.arange(len(sets))
+    panels = (("judge_iou", "judge_iou_lo", "judge_iou_hi", "judge_status",
+               "label fidelity: IoU of the generated mask\nwith a real-only segmenter's prediction"),
+              ("seam_accuracy", "seam_lo", "seam_hi", "seam_status",
+               "seam check: accuracy telling generated\nfrom real polyp regions"))
+    for ax, (col, lo, hi, status, title) in zip(axes, panels):
+        ok = (sets[status] == "ok").to_numpy()
+        mean = sets[col].to_numpy(float)
+        err = np.vstack([mean - sets[lo].to_numpy(float), sets[hi].to_numpy(float) - mean])
+        ax.errorbar(mean[ok], y[ok], xerr=err[:, ok], fmt="o", color="C0", capsize=3)
+        for yi in y[~ok]:
+            ax.text(0.02, yi, sets.loc[yi, status], va="center", fontsize=8, color="0.4",
+                    transform=ax.get_yaxis_transform())
+        if col == "judge_iou" and len(ref) and ref["judge_status"].iloc[0] == "ok":
+            r = ref.iloc[0]
+            ax.axvspan(r["judge_iou_lo"], r["judge_iou_hi"], color="C2", alpha=0.2)
+            ax.axvline(r["judge_iou"], color="C2", label=f"real test images: {r['judge_iou']:.2f}")
+        if col == "seam_accuracy":
+            ax.axvline(0.5, color="0.5", ls="--", label="chance: indistinguishable")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08 - 0.3 / max(3, len(sets))), fontsize=8, ncol=1)
+        ax.set_xlim(0, 1.02)
+        ax.set_title(title, fontsize=9)
+    axes[0].set_yticks(y, sets["label"])
+    axes[0].set_ylim(len(sets) - 0.5, -0.5)          # first set on top, every row half a row from the edges
+    fig.tight_layout()
+    return fig

@@ -30,7 +30,14 @@ from ..training import resolve_device, torch_threads
 STAGE = "06"
 CONFIG_COLUMNS = ["regime", "source", "n_real", "per_real", "augmentation", "model", "seed"]
 GROUP_COLUMNS = CONFIG_COLUMNS[:-1]
-_KEY_VERSION = 1
+#: Synthetic-only runs: the test scores of the best model by the validation pool not chosen.
+OTHER_VALIDATION_COLUMNS = ["other_validation", "dice_other_validation", "iou_other_validation",
+                            "best_epoch_other_validation", "best_val_iou_other_validation"]
+#: Marks a number from a run whose best epoch was its last (still improving when training stopped).
+STILL_IMPROVING = "†"
+STILL_IMPROVING_NOTE = (f"{STILL_IMPROVING}: best epoch was the last; still improving when training stopped "
+                        "(more epochs might have helped)")
+_KEY_VERSION = 2       # 2: patience, validation on both pools of synthetic-only runs
 
 
 
@@ -114,7 +121,8 @@ def plan(cfg: StudyConfig, available_sources: list[str]) -> list[Configuration]:
 
 
 def estimated_images(configs: list[Configuration], cfg: StudyConfig, n_train: int) -> int:
-    """Training images the plan processes (epochs x images per epoch): what its run time scales with."""
+    """Training images the plan processes (epochs x images per epoch): what its run time scales with.
+    With ``segmentation.patience`` set, ``epochs`` is a maximum and this an upper bound."""
     s = cfg.segmentation
     n_fit = n_train - max(1, int(round(n_train * s.val_fraction)))
     total = 0.0
@@ -127,7 +135,8 @@ def estimated_images(configs: list[Configuration], cfg: StudyConfig, n_train: in
 
 def plan_table(run: Run) -> pd.DataFrame:
     """The plan of this run as a table (one row per configuration) with the training images each
-    will process (epochs x images per epoch), for the notebook to show before training."""
+    will process (epochs x images per epoch; at most, with patience), for the notebook to show before
+    training."""
     from ..data.prepared import load_dataset
 
     sources = synthetic_sources(run)
@@ -178,8 +187,9 @@ def configuration_key(run: Run, c: Configuration) -> str:
     payload = {
         "v": _KEY_VERSION, "configuration": asdict(c), "data": run.keys.get("01"),
         "resolution": run.cfg.data.resolution,
-        "training": {k: getattr(s, k) for k in ("encoder", "encoder_weights", "epochs", "lr", "lr_drop_epoch",
-                                                 "lr_after_drop", "batch_size", "val_fraction")},
+        "training": {k: getattr(s, k) for k in ("encoder", "encoder_weights", "epochs", "patience", "lr",
+                                                 "lr_drop_epoch", "lr_after_drop", "batch_size", "val_fraction")},
+        "synthetic_validation": s.synthetic_validation if c.regime == "synthetic" else None,
         "mix_alpha": s.mix_alpha if c.regime == "mixed" else None,
         "synthetic": _file_digest(run.path("synthetic", c.source, "manifest.csv")) if c.source else None,
     }
@@ -214,26 +224,35 @@ class _Data:
         return pool.subset([i for i, s in enumerate(pool.source_ids) if s in wanted])
 
 
-def _datasets(data: _Data, c: Configuration, cfg: StudyConfig) -> tuple[EpochPlan, PairPool, str]:
-    """(epoch plan, validation pool, what the validation set is) of a configuration."""
+def _datasets(data: _Data, c: Configuration, cfg: StudyConfig) -> tuple[EpochPlan, dict[str, PairPool], str]:
+    """(epoch plan, validation pools by name, the name of the one that selects the checkpoint).
+
+    Real and mixed runs validate on real images ({"real": ...}). Synthetic-only runs validate on both
+    the synthetic pairs made from the validation images and the real validation images, every epoch;
+    ``segmentation.synthetic_validation`` says which picks the checkpoint (the paper: synthetic), the
+    other's best model is tested too. Without synthetic validation pairs, real validation is used."""
     fit_ids, val_ids = split_train_val(data.train_ids, cfg.segmentation.val_fraction, c.seed)
     if c.n_real is not None:
         fit_ids = small_subset(fit_ids, c.n_real, c.seed)
     real_val = data.real(val_ids)
     if c.regime == "real":
         real = data.real(fit_ids)
-        return EpochPlan(real, None, [(0, i) for i in range(len(real))], c.seed), real_val, "real"
+        return EpochPlan(real, None, [(0, i) for i in range(len(real))], c.seed), {"real": real_val}, "real"
     syn = data.synthetic(c.source, fit_ids)
     if len(syn) == 0:
         raise StageError(f"synthetic set '{c.source}' has no accepted pairs made from the training images")
     if c.regime == "synthetic":
         chosen = first_per_source(syn, c.per_real)
         val = data.synthetic(c.source, val_ids)
-        val, what = (val.subset(first_per_source(val, c.per_real)), "synthetic") if len(val) else (real_val, "real")
-        return EpochPlan(None, syn, [(1, i) for i in chosen], c.seed), val, what
+        if not len(val):
+            return EpochPlan(None, syn, [(1, i) for i in chosen], c.seed), {"real": real_val}, "real"
+        pools = {"synthetic": val.subset(first_per_source(val, c.per_real)), "real": real_val}
+        select = cfg.segmentation.synthetic_validation
+        pools = {select: pools[select], **pools}           # the selecting pool first
+        return EpochPlan(None, syn, [(1, i) for i in chosen], c.seed), pools, select
     real = data.real(fit_ids)
     return (EpochPlan(real, syn, [], c.seed, mix_alpha=cfg.segmentation.mix_alpha, mix_r=c.per_real),
-            real_val, "real")
+            {"real": real_val}, "real")
 
 
 def run_configuration(run: Run, c: Configuration, data: _Data, on_epoch_end=None) -> pd.DataFrame:
@@ -248,26 +267,36 @@ def run_configuration(run: Run, c: Configuration, data: _Data, on_epoch_end=None
     if folder.exists() and (not info.exists() or json.loads(info.read_text()).get("key") != key):
         shutil.rmtree(folder)          # made for other settings or data: start afresh
     atomic_write_json(info, {"key": key, "configuration": asdict(c)})
-    plan_, val, val_kind = _datasets(data, c, cfg)
+    plan_, pools, val_kind = _datasets(data, c, cfg)
     torch.manual_seed(c.seed)
     model = build_model(c.model, s.encoder, s.encoder_weights)
     mean, std = input_normalization(s.encoder, s.encoder_weights)
-    settings = TrainSettings(epochs=s.epochs, lr=s.lr, lr_drop_epoch=s.lr_drop_epoch,
-                             lr_after_drop=s.lr_after_drop, batch_size=s.batch_size,
-                             augmentation=c.augmentation, seed=c.seed, num_workers=s.num_workers,
-                             device=cfg.run.device, progress=cfg.run.progress)
-    summary = train_model(model, plan_, val, folder / "train", settings, mean, std, name=c.name,
-                          on_epoch_end=on_epoch_end)
+    settings = TrainSettings.of(cfg, c.augmentation, c.seed)
+    summary = train_model(model, plan_, pools, folder / "train", settings, mean, std, name=c.name,
+                          select=val_kind, on_epoch_end=on_epoch_end)
     best = load_model(folder / "train" / "model")
     scores = evaluate_model(best, data.test, mean, std, summary["device"], s.batch_size)
     atomic_write_text(folder / "per_image.csv", scores.to_csv(index=False))
+    other = {"other_validation": None, "dice_other_validation": None, "iou_other_validation": None,
+             "best_epoch_other_validation": None, "best_val_iou_other_validation": None}
+    for name, b in summary["best_by"].items():      # synthetic-only: the best model by the other pool
+        if name == val_kind:
+            continue
+        o = evaluate_model(load_model(folder / "train" / b["model"]), data.test, mean, std, summary["device"],
+                           s.batch_size)
+        atomic_write_text(folder / f"per_image-{name}-validation.csv", o.to_csv(index=False))
+        other = {"other_validation": name, "dice_other_validation": float(o["dice"].mean()),
+                 "iou_other_validation": float(o["iou"].mean()), "best_epoch_other_validation": b["epoch"],
+                 "best_val_iou_other_validation": b["val_iou"]}
     atomic_write_json(done, {"key": key, "configuration": asdict(c), "validation": val_kind,
                              "weights": getattr(model, "weights_report", {}).get("source"),
                              "real_images": len(plan_.real) if plan_.real is not None else 0,
                              "synthetic_pool": len(plan_.synthetic) if plan_.synthetic is not None else 0,
                              "dice": float(scores["dice"].mean()), "iou": float(scores["iou"].mean()),
-                             **{k: summary[k] for k in ("best_epoch", "best_val_iou", "seconds",
-                                                        "train_images", "train_images_per_s")}})
+                             **{k: summary[k] for k in ("best_epoch", "best_val_iou", "epochs_run", "max_epochs",
+                                                        "patience", "stopped", "best_is_last", "seconds",
+                                                        "train_images", "train_images_per_s")},
+                             **other})
     return scores
 
 
@@ -285,11 +314,17 @@ def run_plan(run: Run, configs: list[Configuration] | None = None) -> tuple[pd.D
             t0 = time.time()
             scores = run_configuration(run, c, data)
             result = json.loads(run.path("segmentation", c.name, "result.json").read_text())
-            print(f"[{i}/{len(configs)}] {c.name}: IoU {result['iou']:.3f}, Dice {result['dice']:.3f} "
+            last = f", {STILL_IMPROVING} still improving" if result["best_is_last"] else ""
+            print(f"[{i}/{len(configs)}] {c.name}: IoU {result['iou']:.3f}, Dice {result['dice']:.3f}; best epoch "
+                  f"{result['best_epoch']} of {result['epochs_run']} ({result['stopped']}{last}) "
                   f"({time.time() - t0:.0f} s)")
             rows.append({**c.row(), "dice": result["dice"], "iou": result["iou"],
                          "best_epoch": result["best_epoch"], "best_val_iou": result["best_val_iou"],
-                         "validation": result["validation"], "real_images": result["real_images"],
+                         "epochs_run": result["epochs_run"], "max_epochs": result["max_epochs"],
+                         "stopped": result["stopped"], "best_is_last": result["best_is_last"],
+                         "validation": result["validation"],
+                         **{k: result[k] for k in OTHER_VALIDATION_COLUMNS},
+                         "real_images": result["real_images"],
                          "synthetic_pool": result["synthetic_pool"], "train_images": result["train_images"],
                          "train_seconds": result["seconds"], "name": c.name})
             per_image.append(scores.assign(**c.row()))
@@ -326,28 +361,90 @@ def _fmt(mean: float, lo: float, hi: float) -> str:
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _cell(summary: pd.DataFrame, metric: str = "iou", **match) -> str:
-    sel = summary
+def _select(table: pd.DataFrame, **match) -> pd.DataFrame:
     for k, v in match.items():
-        sel = sel[sel[k].astype(str) == str(v)]
+        table = table[table[k].astype(str) == str(v)]
+    return table
+
+
+def _group_key(row) -> tuple:
+    return tuple(str(row[k]) for k in GROUP_COLUMNS)
+
+
+def still_improving(results: pd.DataFrame | None) -> set[tuple]:
+    """Configuration groups (GROUP_COLUMNS as text) with a run whose best epoch was its last."""
+    if results is None or "best_is_last" not in results:
+        return set()
+    flagged = results[results["best_is_last"].astype(str).str.lower() == "true"]
+    return {_group_key(r) for _, r in flagged.iterrows()}
+
+
+def _cell(summary: pd.DataFrame, metric: str = "iou", flags: set[tuple] = frozenset(), **match) -> str:
+    """mean [lo, hi] of the matching group, with STILL_IMPROVING when one of its runs is in ``flags``."""
+    sel = _select(summary, **match)
     if sel.empty:
         return "—"
     r = sel.iloc[0]
-    return _fmt(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"])
+    mark = f" {STILL_IMPROVING}" if _group_key(r) in flags else ""
+    return _fmt(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"]) + mark
 
 
-def paper_tables(summary: pd.DataFrame, run: Run) -> dict[str, pd.DataFrame]:
+def _validation(results: pd.DataFrame | None, **match) -> str:
+    """The validation split(s) that picked the checkpoints of the matching runs ("—" if unknown)."""
+    sel = _select(results, **match) if results is not None and "validation" in results else pd.DataFrame()
+    return " / ".join(sorted(set(sel["validation"].astype(str)))) if len(sel) else "—"
+
+
+def validation_choice(results: pd.DataFrame) -> pd.DataFrame:
+    """Synthetic-only runs tested with the checkpoint picked on either validation split.
+
+    One row per run: the test IoU of the best model by synthetic validation pairs (the paper's choice)
+    and by real validation images, each with its best epoch (STILL_IMPROVING where that was the last
+    epoch run), which one ``segmentation.synthetic_validation`` chose, and real minus synthetic."""
+    cols = ["source", "N synthetic per real", "seed", "chosen", "IoU (synthetic validation)",
+            "best epoch (synthetic validation)", "IoU (real validation)", "best epoch (real validation)",
+            "real − synthetic", "epochs run", "stopped"]
+    rows = []
+    syn = results[results["regime"] == "synthetic"] if "other_validation" in results else results.iloc[:0]
+    for _, r in syn.iterrows():
+        by = {str(r["validation"]): (r["iou"], r["best_epoch"])}
+        if isinstance(r["other_validation"], str):
+            by[r["other_validation"]] = (r["iou_other_validation"], r["best_epoch_other_validation"])
+        row = {"source": r["source"], "N synthetic per real": r["per_real"], "seed": r["seed"],
+               "chosen": r["validation"], "epochs run": int(r["epochs_run"]), "stopped": r["stopped"]}
+        for v in ("synthetic", "real"):
+            iou, epoch = by.get(v, (float("nan"), None))
+            row[f"IoU ({v} validation)"] = round(float(iou), 4)
+            row[f"best epoch ({v} validation)"] = "—" if epoch is None or pd.isna(epoch) else (
+                f"{int(epoch)}" + (f" {STILL_IMPROVING}" if int(epoch) == int(r["epochs_run"]) else ""))
+        row["real − synthetic"] = round(row["IoU (real validation)"] - row["IoU (synthetic validation)"], 4)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def paper_tables(summary: pd.DataFrame, run: Run, results: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Tables 3-6 in the paper's layout: this run's mean [95 % CI] beside the paper's IoU.
 
     T3 synthetic only (IoU), T4 real vs real + synthetic with/without Control (IoU), T5 small real
     sets alone and + the small_source set per r (IoU), T6 the same small-data study in Dice. The
     paper's numbers come from :mod:`polyplib.paper`, only beside the set that was made like the
     paper's (a SinGAN-Seg trained here names its N source images and gets none); cells without one
-    are empty. Table 6 has no paper column (its values are not held)."""
+    are empty. Table 6 has no paper column (its values are not held).
+
+    ``results`` (default: the saved 06_segmentation table, if any) marks with STILL_IMPROVING every
+    cell with a run whose best epoch was its last, and gives Table 3 its ``validation`` column: the
+    split that picked the checkpoints (every run of Tables 4-6 validates on real images)."""
     from .. import paper
     from ..metrics import singan_sources as count_singan_sources
 
     cfg, singan_sources = run.cfg, count_singan_sources(run)
+    if results is None and run.path("results", "06_segmentation.csv").exists():
+        results = read_table(run, "06_segmentation")
+    flags = still_improving(results)
+
+    def cell(*args, **match):
+        return _cell(*args, flags=flags, **match)
+
     s, aug0, m0 = cfg.segmentation, primary_augmentation(cfg), cfg.segmentation.models[0]
     ref = {src: paper.like_for_like(src, singan_sources) for src in s.sources}
     row_name = {src: f"{src} (trained here, N = {singan_sources})" if src == "singan" and singan_sources is not None
@@ -355,22 +452,23 @@ def paper_tables(summary: pd.DataFrame, run: Run) -> dict[str, pd.DataFrame]:
     base = dict(model=m0, n_real="all")
     sources = [x for x in s.sources if (summary["source"].astype(str) == x).any()]
     t3 = [{"training data": "real", "N synthetic per real": "—",
-           "IoU (this run)": _cell(summary, regime="real", augmentation=aug0, **base),
+           "IoU (this run)": cell(summary, regime="real", augmentation=aug0, **base),
+           "validation": _validation(results, regime="real", augmentation=aug0, **base),
            "IoU (paper)": paper.iou_synthetic_only("real", 0)}]
     for src in sources:
         for n in s.synthetic_per_real:
+            match = dict(regime="synthetic", source=src, per_real=n, augmentation=aug0, **base)
             t3.append({"training data": f"{row_name[src]} only", "N synthetic per real": n,
-                       "IoU (this run)": _cell(summary, regime="synthetic", source=src, per_real=n,
-                                               augmentation=aug0, **base),
+                       "IoU (this run)": cell(summary, **match), "validation": _validation(results, **match),
                        "IoU (paper)": paper.iou_synthetic_only(ref[src], n)})
     t4 = []
     for aug in s.augmentation:
         t4.append({"training data": "real", "augmentation": aug,
-                   "IoU (this run)": _cell(summary, regime="real", augmentation=aug, **base),
+                   "IoU (this run)": cell(summary, regime="real", augmentation=aug, **base),
                    "IoU (paper)": paper.iou_real_plus("real") if aug == "control" else None})
         for src in sources:
             t4.append({"training data": f"real + {row_name[src]} (r={s.mix_r_full})", "augmentation": aug,
-                       "IoU (this run)": _cell(summary, regime="mixed", source=src, per_real=s.mix_r_full,
+                       "IoU (this run)": cell(summary, regime="mixed", source=src, per_real=s.mix_r_full,
                                                augmentation=aug, **base),
                        "IoU (paper)": paper.iou_real_plus(ref[src]) if aug == "control" else None})
     small_src = s.small_source if s.small_source in sources else (sources[0] if sources else None)
@@ -378,10 +476,10 @@ def paper_tables(summary: pd.DataFrame, run: Run) -> dict[str, pd.DataFrame]:
     for metric, table in (("iou", "T5"), ("dice", "T6")):
         rows = []
         for n in s.small_n:
-            row = {"N real": n, "real (this run)": _cell(summary, metric, regime="real", n_real=n,
+            row = {"N real": n, "real (this run)": cell(summary, metric, regime="real", n_real=n,
                                                          augmentation=aug0, model=m0)}
             for r in s.mix_r:
-                row[f"+{small_src} r={r} (this run)"] = _cell(summary, metric, regime="mixed", source=small_src,
+                row[f"+{small_src} r={r} (this run)"] = cell(summary, metric, regime="mixed", source=small_src,
                                                              n_real=n, per_real=r, augmentation=aug0, model=m0)
             if metric == "iou":
                 real_iou, styled_iou = paper.IOU_SMALL[n].value if n in paper.IOU_SMALL else (None, None)
@@ -395,7 +493,7 @@ def paper_tables(summary: pd.DataFrame, run: Run) -> dict[str, pd.DataFrame]:
 
 
 # ------------------------------------------------------------------------------------ the stage
-TABLES = ("06_segmentation", "06_per_image", "06_summary", "06_paired", "06_sources")
+TABLES = ("06_segmentation", "06_per_image", "06_summary", "06_paired", "06_sources", "06_validation")
 
 
 def read_table(run: Run, name: str) -> pd.DataFrame:
@@ -412,7 +510,8 @@ def run_study(run: Run, force: bool = False) -> pd.DataFrame:
 
     Saves results/06_segmentation (that table), 06_per_image (per test image, for paired tests),
     06_summary (mean and bootstrap CI per configuration, seeds pooled), 06_paired (Wilcoxon vs
-    real-only), 06_sources (which synthetic sets were found) and 06_table3..6 (paper layout).
+    real-only), 06_sources (which synthetic sets were found), 06_validation (synthetic-only runs
+    tested with the checkpoint of either validation split) and 06_table3..6 (paper layout).
     ``force`` recomputes the stage but reuses every finished configuration whose key (settings,
     data, synthetic set) is unchanged (on one machine its result is a function of that key). To
     retrain one, delete its folder under ``segmentation/``.
@@ -422,9 +521,10 @@ def run_study(run: Run, force: bool = False) -> pd.DataFrame:
         results, per_image = run_plan(run)
         summary, paired = summary_with_tests(per_image, run.cfg)
         for name, table in (("06_sources", sources.drop(columns="folder")), ("06_per_image", per_image),
-                            ("06_summary", summary), ("06_paired", paired), ("06_segmentation", results)):
+                            ("06_summary", summary), ("06_paired", paired), ("06_segmentation", results),
+                            ("06_validation", validation_choice(results))):
             run.save_table(name, table, stage=STAGE)
-        for name, table in paper_tables(summary, run).items():
+        for name, table in paper_tables(summary, run, results).items():
             run.save_table(f"06_table{name[1:]}", table, stage=STAGE)
         return results
 

@@ -1,0 +1,125 @@
+"""How much do FID and KID move with the number of images? The measurement behind ``metrics.min_images``.
+
+On the ``course`` profile's phantom (domain A, 64 px; the data a course run prepares), the real
+images' FID Inception features are taken exactly as stage 04 takes them (``cached_features``, the
+same cache, names and keys, so a later course run reuses them). Then, for n = 25, 50, 100, 200:
+
+- ``pairs``: two disjoint random subsets of n real images each (the real-vs-real reference at n,
+  as the ``real-halves`` row): FID here is pure small-n bias (the true value is 0), KID should be ~0;
+- ``vs_reference``: n random held-out images against all the training images (the shape of a
+  synthetic set's row: n images against the fixed real reference); n <= the held-out count.
+
+Each is repeated ``--repeats`` times with seeded draws; the record holds mean, sd, min and max of FID
+and KID x 1000 per n, beside the FID differences between methods that the course study recorded
+(``results/study_course.json``), the differences a reader of the tables is asked to believe.
+Usage (about 4 min on 2 CPU cores, most of it Inception features; seconds once cached):
+
+    python benchmarks/bench_min_images.py [--repeats 20] [--out benchmarks/results/min_images.json]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import RESULTS, machine, write_record  # noqa: E402
+
+SIZES = (25, 50, 100, 200)
+
+
+def _stats(values: list[float]) -> dict:
+    a = np.asarray(values, float)
+    return {"mean": round(float(a.mean()), 3), "sd": round(float(a.std(ddof=1)), 3),
+            "min": round(float(a.min()), 3), "max": round(float(a.max()), 3)}
+
+
+def spread(train: np.ndarray, test: np.ndarray, repeats: int, kid_subset_size: int, seed: int) -> list[dict]:
+    from polyplib.metrics.fid import fid_from_features, kid_from_features
+
+    pool = np.concatenate([train, test])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in SIZES:
+        for kind in ("pairs", "vs_reference"):
+            if (kind == "pairs" and 2 * n > len(pool)) or (kind == "vs_reference" and n > len(test)):
+                rows.append({"kind": kind, "n": n, "skipped": f"needs {2 * n if kind == 'pairs' else n} images"})
+                continue
+            fids, kids = [], []
+            for _ in range(repeats):
+                if kind == "pairs":
+                    perm = rng.permutation(len(pool))
+                    a, b = pool[perm[:n]], pool[perm[n:2 * n]]
+                else:
+                    a, b = test[rng.choice(len(test), n, replace=False)], train
+                fids.append(fid_from_features(a, b))
+                kids.append(1000 * kid_from_features(a, b, kid_subset_size, 100, int(rng.integers(1 << 31)))["kid_mean"])
+            rows.append({"kind": kind, "n": n, "n_reference": n if kind == "pairs" else len(train), "repeats": repeats,
+                         "fid": _stats(fids), "kid_x1000": _stats(kids)})
+            print(f"{kind:13s} n={n:4d}: FID {rows[-1]['fid']}  KIDx1000 {rows[-1]['kid_x1000']}", flush=True)
+    return rows
+
+
+def study_differences() -> dict:
+    """The FIDs the course study recorded and their pairwise differences (what the tables invite readers to compare)."""
+    path = RESULTS / "study_course.json"
+    if not path.exists():
+        return {}
+    fid = json.loads(path.read_text()).get("key_results", {}).get("fid", {})
+    diffs = {f"{a} - {b}": round(fid[a] - fid[b], 2) for a, b in itertools.combinations(fid, 2)}
+    return {"source": "benchmarks/results/study_course.json (key_results.fid)", "fid": fid,
+            "differences": diffs, "median_abs_difference": round(float(np.median(np.abs(list(diffs.values())))), 2)
+            if diffs else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--run-dir", default="", help="a run folder to prepare the course phantom in (default: temporary)")
+    parser.add_argument("--out", default=str(RESULTS / "min_images.json"))
+    args = parser.parse_args()
+    info = machine()
+
+    from polyplib.data.prepare import prepare_data
+    from polyplib.data.prepared import load_dataset
+    from polyplib.metrics.fid import InceptionFeatures, cached_features
+    from polyplib.metrics.inception_weights import resolve_fid_weights
+    from polyplib.runs import open_run
+
+    with tempfile.TemporaryDirectory(prefix="bench-min-images-") as tmp:
+        run = open_run("course", ["run.progress=false", "run.device=cpu"], args.run_dir or tmp)
+        start = time.perf_counter()
+        prepare_data(run)
+        m = run.cfg.metrics
+        extractor = InceptionFeatures(resolve_fid_weights(m.fid_weights, m.cache_dir), device="cpu", resize=m.fid_resize)
+        ds = load_dataset(run)
+        feats = {}
+        for part in ("train", "test"):
+            ids = ds.ids(part)
+            got = cached_features(f"{ds.name}-{part}", ids, [ds.paths(i)[0] for i in ids], extractor, m.cache_dir)
+            print(f"{part}: {len(ids)} images ({'cached' if got.hit else 'extracted'}: {got.path})", flush=True)
+            feats[part] = got.features
+        features_s = time.perf_counter() - start
+        rows = spread(feats["train"], feats["test"], args.repeats, m.kid_subset_size, m.seed)
+    record = {"benchmark": "FID / KID spread against the number of images (metrics.min_images)",
+              "machine": info, "profile": "course", "data": f"{ds.name}: {len(feats['train'])} training + "
+              f"{len(feats['test'])} held-out phantom frames at {run.cfg.data.resolution} px",
+              "fid_resize": m.fid_resize, "kid_subset_size": m.kid_subset_size, "kid_subsets": 100,
+              "seconds_data_and_features": round(features_s, 1), "results": rows,
+              "study_differences": study_differences(),
+              "note": "pairs: the true FID is 0, so its mean is the small-n bias; vs_reference: n held-out images "
+                      "against all training images, as a synthetic set's row; KID is unbiased but its sd grows as n "
+                      "falls"}
+    write_record(args.out, record)
+
+
+if __name__ == "__main__":
+    main()
