@@ -175,12 +175,10 @@ def label_fidelity(run: Run, labels: dict[str, str], name: str = "fidelity") -> 
     """One row per synthetic set (``labels``: folder under synthetic/ -> display name), and the real
     test images as reference: judge IoU with its interval, and the seam check against the real
     training regions. Written to ``metrics/<name>.json``."""
-    import torch
-
     from ..data.prepared import load_dataset
     from ..sampling import load_synthetic, synthetic_dir
     from ..segmentation.data import load_pool, read_synthetic_manifest
-    from ..segmentation.evaluate import predict_masks
+    from ..segmentation.evaluate import evaluate_model
     from ..training import resolve_device, torch_threads
 
     cfg = run.cfg
@@ -193,11 +191,8 @@ def label_fidelity(run: Run, labels: dict[str, str], name: str = "fidelity") -> 
     rows = []
     with torch_threads(cfg.run.torch_threads, resolve_device(cfg.run.device)):
         model, mean, std, record = judge(run)
-        model.to(device)
-        from ..segmentation.evaluate import pair_scores
-
-        reference = pair_scores(predict_masks(model, test.images, mean, std, device, cfg.segmentation.batch_size),
-                                test.masks)["iou"].to_numpy()
+        batch = cfg.segmentation.batch_size
+        reference = evaluate_model(model, test, mean, std, device, batch)["iou"].to_numpy()
         rows.append({"method": "real-test", "label": "real test images (reference)", **_iou_row(reference, boot, seed),
                      "seam_regions": np.nan, "seam_status": "reference", "seam_accuracy": np.nan, "seam_lo": np.nan,
                      "seam_hi": np.nan, "seam_auc": np.nan})
@@ -206,9 +201,7 @@ def label_fidelity(run: Run, labels: dict[str, str], name: str = "fidelity") -> 
             if manifest.empty:
                 continue
             pool = load_pool(load_synthetic(run, method), manifest["id"].tolist(), size, synthetic=True)
-            with torch.no_grad():
-                pred = predict_masks(model, pool.images, mean, std, device, cfg.segmentation.batch_size)
-            ious = pair_scores(pred, pool.masks)["iou"].to_numpy()
+            ious = evaluate_model(model, pool, mean, std, device, batch)["iou"].to_numpy()
             generated = features_of(zip(pool.images, pool.masks))
             rows.append({"method": method, "label": label, **_iou_row(ious, boot, seed),
                          **seam_check(real_features, generated, seed)})
