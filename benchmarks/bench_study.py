@@ -38,6 +38,12 @@ def key_results(run_dir: Path) -> dict:
     if seg.exists():
         df = pd.read_csv(seg)
         out["segmentation_test_iou"] = {n: round(float(v), 4) for n, v in zip(df["name"], df["iou"])}
+    for name in ("fidelity", "fidelity_gan"):   # label fidelity and the seam check (stages 04 and 05)
+        path = run_dir / "metrics" / f"{name}.json"
+        if path.exists():
+            out[name] = {r["method"]: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                                       if k.startswith(("judge_iou", "seam_", "n_pairs"))}
+                         for r in json.loads(path.read_text())["fidelity"]}
     return out
 
 
