@@ -293,6 +293,11 @@ def extras(cfg) -> list[Line]:
     if cfg.sampling.n_unconditional > 0:
         out.append(Line("Unconditional samplers", EXTRA, "DDPM / DDIM / DPM-Solver++ samples of the Full model, FID "
                         "against steps (the paper samples only by inpainting)."))
+    departures = paper.method_departures(cfg)
+    if departures:
+        mine = ", ".join(f"`{k}` = {_show(cfg.section(k))}" for k in departures)
+        out.append(Line("Paper values withheld", NOTE, f"{mine} (the authors': {_values(list(departures))}): this run's "
+                        "diffusion sets are made by another method, so no paper FID, MS-SSIM or IoU stands beside them."))
     out.append(Line("KID", EXTRA, "KID beside every FID (the paper reports FID only)."))
     out.append(Line("Label fidelity and seam check", EXTRA, "per synthetic set, the IoU of each generated mask with a "
                     "real-only segmenter's prediction, and how well a small classifier tells generated from real polyp "

@@ -207,13 +207,27 @@ def setting(key: str) -> Any:
     return copy.deepcopy(SETTINGS[key].value)
 
 
-def like_for_like(method: str, singan_sources: int | None = None) -> str | None:
+#: the settings that make a diffusion set the authors' method rather than another one. Scale (model size,
+#: training length, steps) is not among them: a smaller run of the same method keeps the paper's numbers beside it
+DIFFUSION_METHOD_KEYS = ("ddpm.variance", "sampling.start")
+
+
+def method_departures(cfg) -> tuple[str, ...]:
+    """The keys of ``DIFFUSION_METHOD_KEYS`` whose value in ``cfg`` is not the authors'."""
+    return tuple(k for k in DIFFUSION_METHOD_KEYS if cfg.section(k) != SETTINGS[k].value)
+
+
+def like_for_like(method: str, singan_sources: int | None = None, departures: tuple[str, ...] = ()) -> str | None:
     """The paper's set whose numbers may stand beside this run's set ``method``, or None.
 
     A SinGAN-Seg trained here on fewer source images than SinGAN-Seg's 1000 is not the paper's GAN
-    set: its rows get no paper value. Everything else is compared with the paper set of its name."""
+    set, and a diffusion set drawn with a variance or RePaint start other than the authors'
+    (``departures``, from :func:`method_departures`) is another method: their rows get no paper value.
+    Everything else is compared with the paper set of its name."""
     if method == "singan":
         return "singan-published" if (singan_sources or 0) >= SINGAN_SEG_SOURCE_IMAGES.value else None
+    if departures and "diff" in method:
+        return None
     return method
 
 

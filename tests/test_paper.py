@@ -174,3 +174,24 @@ def test_no_paper_number_is_written_outside_paper_py():
     files += [root / "run_all.py", *(root / "notebooks").glob("*.ipynb"), *(root / "polyplib" / "profiles").glob("*.yaml")]
     stray = [f"{p.relative_to(root)}: {m.group(0)}" for p in files for m in pattern.finditer(p.read_text())]
     assert not stray, stray
+
+
+def test_a_diffusion_set_of_another_method_gets_no_paper_value():
+    """Variance and RePaint start make the method; scale does not (smoke keeps the paper's numbers beside it)."""
+    from pathlib import Path
+
+    from polyplib.metrics import SetInfo
+
+    assert paper.method_departures(load_config("smoke")) == ()
+    assert paper.method_departures(load_config("smoke", ["sampling.start=sdedit"])) == ("sampling.start",)
+    departures = paper.method_departures(load_config("course"))
+    assert departures == ("ddpm.variance", "sampling.start")
+    for method in ("diff", "mkl-diff", "styled-diff", "full-diff"):
+        assert paper.like_for_like(method) == method and paper.like_for_like(method, None, departures) is None
+        assert SetInfo(method, Path("x"), departures=departures).paper_key is None
+    assert paper.like_for_like("gan", None, departures) == "gan"
+    assert paper.fid(SetInfo("diff", Path("x")).paper_key) == paper.fid("diff") > 0
+    assert paper.iou_synthetic_only(paper.like_for_like("diff", None, departures), 1) is None
+    assert "Paper values withheld" not in _lines("smoke")
+    line = _lines("course")["Paper values withheld"]
+    assert line.status == "note" and "`sampling.start` = sdedit" in line.text

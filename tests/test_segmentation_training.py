@@ -239,6 +239,11 @@ def test_the_stage_runs_resumes_and_reports(tiny_seg_run, tmp_path, monkeypatch,
     assert choice.loc[0, "best epoch (synthetic validation)"] == "1 †"
     t3 = study.read_table(run, "table3")
     assert t3["validation"].tolist() == ["real", "synthetic"] and t3["IoU (this run)"].str.endswith(" †").all()
+    assert [float(v) for v in t3["IoU (paper)"]] == [0.809, 0.595]   # the paper's Table 3 beside the authors' method
+    # a diffusion set drawn from the noised real pair is another method: the paper's IoU no longer stands beside it
+    other = _open(tmp_path / "run", overrides + ["sampling.start=sdedit"])
+    t3 = study.paper_tables(summary, other, results)["T3"]
+    assert t3["IoU (paper)"].tolist() == [0.809, "—"]
     # served from the cache; and a forced rerun reuses every finished configuration
     assert study.read_table(run, "segmentation")["name"].tolist() == study.run_study(run)["name"].tolist()
     calls.clear()

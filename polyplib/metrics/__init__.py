@@ -66,6 +66,7 @@ class SetInfo:
     sets: list[list[str]] = field(default_factory=list)   # pair ids of each set
     note: str = ""
     sources: int | None = None            # distinct source images of its accepted pairs (None: not recorded)
+    departures: tuple[str, ...] = ()      # the run's non-authors' diffusion settings (paper.method_departures)
 
     @property
     def label(self) -> str:
@@ -76,7 +77,7 @@ class SetInfo:
     @property
     def paper_key(self) -> str | None:
         """The paper set whose numbers may stand beside this one (None: none may; see paper.like_for_like)."""
-        return paper.like_for_like(self.method, self.sources)
+        return paper.like_for_like(self.method, self.sources, self.departures)
 
 
 def singan_label(sources: int) -> str:
@@ -131,7 +132,7 @@ def discover_sets(run: Run, fid_sets: int, expected: list[str] | None = None) ->
     out = {}
     for method in names:
         folder = root / method
-        info = SetInfo(method, folder)
+        info = SetInfo(method, folder, departures=paper.method_departures(run.cfg))
         if method in absent:
             info.status, info.note = "absent", absent[method]
         elif method not in found:

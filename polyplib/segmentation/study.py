@@ -428,8 +428,8 @@ def paper_tables(summary: pd.DataFrame, run: Run, results: pd.DataFrame | None =
     T3 synthetic only (IoU), T4 real vs real + synthetic with/without Control (IoU), T5 small real
     sets alone and + the small_source set per r (IoU), T6 the same small-data study in Dice. The
     paper's numbers come from :mod:`polyplib.paper`, only beside the set that was made like the
-    paper's (a SinGAN-Seg trained here names its N source images and gets none); cells without one
-    are empty. Table 6 has no paper column (its values are not held).
+    paper's (a SinGAN-Seg trained here names its N source images and gets none, and so do diffusion sets
+    drawn with another variance or RePaint start); cells without one are empty. Table 6 has no paper column (its values are not held).
 
     ``results`` (default: the saved 06_segmentation table, if any) marks with STILL_IMPROVING every
     cell with a run whose best epoch was its last, and gives Table 3 its ``validation`` column: the
@@ -446,7 +446,8 @@ def paper_tables(summary: pd.DataFrame, run: Run, results: pd.DataFrame | None =
         return _cell(*args, flags=flags, **match)
 
     s, aug0, m0 = cfg.segmentation, primary_augmentation(cfg), cfg.segmentation.models[0]
-    ref = {src: paper.like_for_like(src, singan_sources) for src in s.sources}
+    departures = paper.method_departures(cfg)
+    ref = {src: paper.like_for_like(src, singan_sources, departures) for src in s.sources}
     row_name = {src: f"{src} (trained here, N = {singan_sources})" if src == "singan" and singan_sources is not None
             else src for src in s.sources}
     base = dict(model=m0, n_real="all")
