@@ -10,6 +10,7 @@ optimiser step is timed, and throughput is reported from the median step time an
 percentile (the steps least disturbed by other jobs). Usage:
 
     python benchmarks/bench_ddpm_train.py [--steps 10] [--rounds 3] [--set ddpm.batch_size=16]
+    python benchmarks/bench_ddpm_train.py --profile      # where the trainer's step time goes
 
 Writes benchmarks/results/ddpm_train.json (atomically).
 """
@@ -165,17 +166,52 @@ def polyplib_trainer(cfg, pairs: RandomPairs, steps: int, threads: int = 0) -> l
     return log["elapsed_s"].diff().iloc[WARMUP:].tolist()
 
 
+def profile_trainer(cfg, pairs: RandomPairs, steps: int, top: int = 20) -> list[dict]:
+    """Where the trainer's step time goes: torch.profiler over ``steps`` steps after the warm-up, the
+    operators with the most self CPU time (forward and backward kernels, optimiser, EMA, data)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from polyplib.diffusion.train import Trainer
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.ddpm.max_steps = WARMUP
+    cfg.ddpm.sample_every = 10 ** 6
+    with tempfile.TemporaryDirectory(prefix="bench_ddpm_") as tmp:
+        trainer = Trainer(cfg, pairs, list(pairs.items), Path(tmp) / "model")
+        trainer.run(force=True, stop_after=WARMUP)          # builds the model, warms the caches
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for step in range(WARMUP, WARMUP + steps):
+                trainer._step(step)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "self_ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 2),
+             "share": round(e.self_cpu_time_total / total, 3), "calls_per_step": e.count // steps}
+            for e in events[:top]]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10, help="timed optimiser steps per configuration and round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ddpm_train.json")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: profile the trainer's steps (torch.profiler), write ddpm_train_profile.json")
     args = ap.parse_args(argv)
 
     cfg = load_config("smoke", MODEL + args.overrides)
     res, bs = cfg.data.resolution, cfg.ddpm.batch_size
     pairs = RandomPairs(32, res)
+    if args.profile:
+        ops = profile_trainer(cfg, pairs, args.steps)
+        for op in ops:
+            print(f"{op['op'][:48]:48s} {op['self_ms_per_step']:8.2f} ms/step {100 * op['share']:5.1f} %")
+        write_record(args.out.with_name("ddpm_train_profile.json"),
+                     {"benchmark": "ddpm_train_profile", "machine": {**machine(), "cpu": cpu_name()},
+                      "setup": {"resolution": res, "batch_size": bs, "profiled_steps": args.steps,
+                                "block_out_channels": cfg.ddpm.block_out_channels},
+                      "top_ops_by_self_cpu_time": ops})
+        return 0
     data = torch.stack([torch.from_numpy(np.concatenate([im, m[..., None].astype(np.uint8) * 255], -1))
                         .permute(2, 0, 1) for im, m in pairs.items.values()])
     variants = {

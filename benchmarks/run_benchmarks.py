@@ -23,6 +23,8 @@ from record import RESULTS, machine, write_record
 HERE = Path(__file__).resolve().parent
 QUICK = ["phantom", "ddpm_train", "sampling", "metrics", "min_images", "segmentation"]
 STUDY = ["study_smoke", "study_course", "variance", "style"]
+#: run on a GPU machine (its reference point is hours on a CPU); summarised whenever its record exists
+GPU = ["inpaint_budget"]
 
 
 def _command(name: str) -> list[str]:
@@ -67,6 +69,13 @@ def headline(name: str, rec: dict) -> list[str]:
                 f"({r['seconds_per_step']} s per guided step x {rec['paper_guided_steps']}"
                 f"{', extrapolated from %d steps' % r['guided_steps_measured'] if r['extrapolated'] else ''}; "
                 "random weights, cost only)" for r in rec.get("results", [])]
+    if name == "inpaint_budget":
+        best = rec.get("cheapest_indistinguishable") or {}
+        return [f"{r['method']}: {r['unet_calls']} UNet calls, {r['seconds_per_pair']:.3g} s/pair ({r['speedup']:.1f}x), KID x 1000 "
+                f"{1000 * r['kid']:.2f} [{1000 * r['kid_lo']:.2f}, {1000 * r['kid_hi']:.2f}], minus the reference "
+                f"{1000 * r['kid_minus_reference']:.2f} [{1000 * r['diff_lo']:.2f}, {1000 * r['diff_hi']:.2f}]"
+                for r in rec.get("points", []) if r.get("status") == "ok"] + [
+                f"cheapest indistinguishable from the reference: {best.get('method', 'none')}"]
     if name.startswith("study_"):
         return [f"{rec['benchmark']}: {rec['wall_min']} min, peak RSS {rec['peak_rss_mib_largest_process']} MiB; "
                 + ", ".join(f"{s['stage']} {s['seconds'] / 60:.1f} min" for s in rec.get("stages", []))]
@@ -75,7 +84,7 @@ def headline(name: str, rec: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", default=None, help=f"names among {QUICK + STUDY}")
+    ap.add_argument("--only", nargs="*", default=None, help=f"names among {QUICK + STUDY + GPU}")
     ap.add_argument("--with-study", action="store_true", help="also time the whole smoke and course studies, "
                     "run the learned-vs-fixed sigma comparison and time the Styled-Diff pass")
     ap.add_argument("--collect-only", action="store_true", help="rerun nothing; summarise the records there are")
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         ran[name] = {"returncode": subprocess.call(_command(name)), "seconds": round(time.time() - t0, 1)}
     records = {}
-    for name in QUICK + STUDY:
+    for name in QUICK + STUDY + GPU:
         path = RESULTS / f"{name}.json"
         if path.exists():
             records[name] = json.loads(path.read_text())
@@ -101,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
              "Each line comes from the record named in its heading (`benchmarks/results/<name>.json`), with the date and "
              "machine it was measured on; ratios are measured within one run.", ""]
     for name, items in summary["headlines"].items():
-        lines += [f"## {name} ({records[name].get('date') or records[name].get('machine', {}).get('date', '?')})", ""]
+        rec = records[name]
+        date = rec.get("date") or (rec.get("machine") or rec.get("sampling_machine") or {}).get("date", "?")
+        lines += [f"## {name} ({date})", ""]
         lines += [f"- {x}" for x in items] + [""]
     (RESULTS / "SUMMARY.md").write_text("\n".join(lines))
     print(f"wrote {RESULTS / 'SUMMARY.md'}")

@@ -209,11 +209,50 @@ class StyleSection(Section):
                            "caches (needs internet)")
 
 
+class BudgetPoint(Section):
+    """One sampler and schedule of the quality-vs-cost study (its UNet calls per pair follow from them)."""
+
+    sampler: Literal["repaint", "repaint-ddim", "dpm++"]
+    steps: int = Field(ge=2)
+    jump_length: int = Field(1, ge=1, description="repaint / repaint-ddim only")
+    jump_n_sample: int = Field(1, ge=1, description="repaint / repaint-ddim only (1: no resampling)")
+
+
+def _budget_points() -> list[BudgetPoint]:
+    """The authors' 960 calls, about 200, two samplers at <= 96 and two at <= 50."""
+    return [BudgetPoint(sampler="repaint", steps=200, jump_length=10, jump_n_sample=5),
+            BudgetPoint(sampler="repaint", steps=50, jump_length=5, jump_n_sample=4),
+            BudgetPoint(sampler="repaint", steps=50, jump_length=5, jump_n_sample=2),
+            BudgetPoint(sampler="repaint-ddim", steps=50, jump_length=5, jump_n_sample=2),
+            BudgetPoint(sampler="dpm++", steps=50),
+            BudgetPoint(sampler="repaint-ddim", steps=25, jump_length=5, jump_n_sample=2),
+            BudgetPoint(sampler="dpm++", steps=20)]
+
+
+class BudgetStudySection(Section):
+    """The quality-vs-cost study of the joint inpainting samplers (stage 03 draws, stage 04 scores).
+
+    The same ``pairs`` training sources, the same seeds and the same model (the Full model, else the
+    first cluster model) for every point, started from noise as the authors' schedule is; the first
+    point is the reference the others are tested against. Off (0 pairs) where its cost does not
+    fit: the authors' point alone is 960 UNet calls per pair (hours for a few hundred pairs of the
+    course model on 2 CPU cores; 0.33 s per pair on an H200)."""
+
+    pairs: int = Field(0, ge=0, description="sources (one pair each) per point; 0: the study is not run")
+    points: list[BudgetPoint] = Field(default_factory=_budget_points, min_length=2)
+
+
 class SamplingSection(Section):
     """Stage 03: synthetic labelled pairs by RePaint joint inpainting (the paper) or unconditional sampling."""
 
     model: Literal["cluster", "full"] = Field("cluster", description="which DDPM redraws a source image")
     samples_per_image: int = Field(paper.setting("sampling.samples_per_image"), ge=1)
+    sampler: Literal["repaint", "repaint-ddim", "dpm++"] = Field(
+        paper.setting("sampling.sampler"),
+        description="joint inpainting sampler: repaint = ancestral steps on RePaint's jump schedule (the authors'); "
+        "repaint-ddim = DDIM steps on the same schedule; dpm++ = DPM-Solver++(2M) over `steps` steps with the known "
+        "region replaced before every call (no jumps). See benchmarks/results/inpaint_budget.json for their costs")
+    eta: float = Field(0.0, ge=0, le=1, description="repaint-ddim: DDIM's noise scale (0: deterministic steps)")
     steps: int = Field(paper.setting("sampling.steps"), ge=2, description="RePaint: respaced steps (paper: 200)")
     start: Literal["noise", "sdedit"] = Field(
         paper.setting("sampling.start"),
@@ -235,6 +274,7 @@ class SamplingSection(Section):
     unconditional_samplers: list[Literal["ddpm", "ddim", "dpm++"]] = Field(default_factory=lambda: ["ddpm", "ddim", "dpm++"])
     unconditional_steps: list[int] = Field(default_factory=lambda: [1000, 100, 25])
     n_unconditional: int = Field(16, ge=0, description="unconditional pairs per sampler and step count")
+    budget_study: BudgetStudySection = Field(default_factory=BudgetStudySection)
     batch_size: int = Field(8, ge=1)
     seed: int = 0
 

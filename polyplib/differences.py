@@ -163,12 +163,16 @@ def repaint_start(cfg, ctx: Context) -> Line:
 
 
 def repaint_schedule(cfg, ctx: Context) -> Line:
-    from .sampling.repaint import count_calls, repaint_schedule as schedule
+    from .sampling.repaint import count_calls, count_evaluations, repaint_schedule as schedule
 
     s = cfg.sampling
-    calls, renoise = count_calls(schedule(s.steps, s.jump_length, s.jump_n_sample, s.start, s.skip_steps))
-    line = _keyed("RePaint schedule", cfg, ["sampling.steps", "sampling.jump_length", "sampling.jump_n_sample"],
-                  "200 respaced steps, jumps of 10 resampled 5 times")
+    keys = ["sampling.sampler", "sampling.steps"] + (["sampling.jump_length", "sampling.jump_n_sample"]
+                                                     if s.sampler != "dpm++" else [])
+    line = _keyed("RePaint schedule", cfg, keys, "ancestral steps on 200 respaced steps, jumps of 10 resampled 5 times")
+    if s.sampler == "dpm++":
+        calls, renoise = count_evaluations(s.steps, 0, 0, s.skip_steps, s.start, s.sampler), 0
+    else:
+        calls, renoise = count_calls(schedule(s.steps, s.jump_length, s.jump_n_sample, s.start, s.skip_steps))
     cost = (f"{calls} UNet calls and {renoise} re-noising steps per pair (the authors: "
             f"{paper.REPAINT_CALLS_PER_PAIR.value} and {paper.REPAINT_RENOISE_STEPS_PER_PAIR.value})")
     if line.status == EQUAL and calls == paper.REPAINT_CALLS_PER_PAIR.value:

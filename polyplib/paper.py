@@ -62,6 +62,7 @@ DDPM: dict[str, Fact] = {
 
 # Table A.2: RePaint inpainting of all four channels
 SAMPLING: dict[str, Fact] = {
+    "sampling.sampler": Fact("repaint", f"{A2}: p_sample_loop_progressive, ancestral steps on the jump schedule"),
     "sampling.steps": Fact(200, f"{A2}: timestep_respacing 200"),
     "sampling.start": Fact("noise", f"{A2}: the inpainting path starts from pure noise (skip_timesteps is ignored)"),
     "sampling.skip_steps": Fact(80, f"{A2}: skip_timesteps 80 (used only by the style-transfer pass)"),
@@ -209,7 +210,7 @@ def setting(key: str) -> Any:
 
 #: the settings that make a diffusion set the authors' method rather than another one. Scale (model size,
 #: training length, steps) is not among them: a smaller run of the same method keeps the paper's numbers beside it
-DIFFUSION_METHOD_KEYS = ("ddpm.variance", "sampling.start")
+DIFFUSION_METHOD_KEYS = ("ddpm.variance", "sampling.start", "sampling.sampler")
 
 
 def method_departures(cfg) -> tuple[str, ...]:
@@ -222,7 +223,7 @@ def like_for_like(method: str, singan_sources: int | None = None, departures: tu
 
     A SinGAN-Seg trained here on fewer source images than SinGAN-Seg's 1000 is not the paper's GAN
     set, and a diffusion set drawn with a variance or RePaint start other than the authors'
-    (``departures``, from :func:`method_departures`) is another method: their rows get no paper value.
+    or sampler (``departures``, from :func:`method_departures`) is another method: their rows get no paper value.
     Everything else is compared with the paper set of its name."""
     if method == "singan":
         return "singan-published" if (singan_sources or 0) >= SINGAN_SEG_SOURCE_IMAGES.value else None

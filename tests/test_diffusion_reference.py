@@ -131,3 +131,21 @@ def test_saved_scheduler_takes_the_same_step_in_diffusers():
 def test_a_model_that_does_not_predict_epsilon_is_refused():
     with pytest.raises(ValueError, match="v_prediction"):
         Chain.from_config({**scheduler_kwargs(1000, "linear", "fixed_small"), "prediction_type": "v_prediction"}, 200)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_ddim_step_matches_guided_diffusions_ddim_sample(eta):
+    """The ``repaint-ddim`` step on a 50-step respacing: guided-diffusion's ``ddim_sample`` (clipped x0,
+    epsilon re-derived from it), the same fresh noise, the same output."""
+    ref = reference(1000, "50", learn_sigma=False)
+    chain = ours(1000, 50, "fixed_small")
+    x0, xt, noise, out = tensors(3, learned=False)
+    i = torch.tensor([0, 1, 20, 49])
+    torch.manual_seed(11)
+    got_ref = ref.ddim_sample(lambda x, t, **_: out, xt, i, clip_denoised=True, eta=eta)
+    torch.manual_seed(11)
+    ref_noise = torch.randn_like(xt)                        # what ddim_sample drew with th.randn_like
+    got, pred_x0 = chain.ddim_step(out, xt, i, ref_noise, eta)
+    assert (got - got_ref["sample"]).abs().max().item() < 1e-5
+    assert (pred_x0 - got_ref["pred_xstart"]).abs().max().item() < 1e-5
+    assert pred_x0.abs().max() <= 1.0

@@ -195,3 +195,14 @@ def test_a_diffusion_set_of_another_method_gets_no_paper_value():
     assert "Paper values withheld" not in _lines("smoke")
     line = _lines("course")["Paper values withheld"]
     assert line.status == "note" and "`sampling.start` = sdedit" in line.text
+
+
+def test_a_faster_inpainting_sampler_is_another_method_and_the_report_counts_its_calls():
+    cfg = load_config("smoke", ["sampling.sampler=dpm++", "sampling.steps=20"])
+    assert paper.method_departures(cfg) == ("sampling.sampler",)
+    assert paper.like_for_like("diff", None, paper.method_departures(cfg)) is None
+    line = _lines("smoke", ["sampling.sampler=dpm++", "sampling.steps=20"])["RePaint schedule"]
+    assert line.status == "differs" and "`sampling.sampler` = dpm++" in line.text and "20 UNet calls" in line.text
+    ddim = _lines("smoke", ["sampling.sampler=repaint-ddim"])["RePaint schedule"]
+    assert "`sampling.sampler` = repaint-ddim" in ddim.text
+    assert _lines("paper")["RePaint schedule"].status == "equal"

@@ -255,3 +255,56 @@ def test_the_variance_ablation_set_is_redrawn_by_its_own_model(tmp_path):
     both = ablation.merge(full, on="id", suffixes=("", "_full"))         # accepted in both sets
     assert len(both) and (both["seed"] == both["seed_full"]).all()      # the same per-pair seeds
     assert [m["nfe_per_pair"] for m in summary["methods"]] == [full["nfe"].iloc[0]] * 2
+
+
+def test_the_budget_study_redraws_the_same_sources_per_sampler_and_stays_out_of_the_sets(tmp_path):
+    """sampling.budget_study: one folder per sampler and budget under synthetic/budget/, the same sources
+    and seeds in each, the UNet calls each point's schedule costs; no training set or FID row sees them;
+    stage 04's table pairs them by source and refuses KID below metrics.min_images."""
+    from polyplib.metrics import discover_sets
+    import matplotlib.pyplot as plt
+
+    from polyplib.metrics.budget import budget_summary, budget_table
+    from polyplib.metrics.figures import budget_display, budget_figure
+    from polyplib.sampling import budget_points, planned_methods, sample_all, synthetic_dir
+    from polyplib.sampling.writer import read_records
+
+    points = ("sampling.budget_study.points=[{sampler: repaint, steps: 8, jump_length: 2, jump_n_sample: 2}, "
+              "{sampler: repaint-ddim, steps: 6, jump_length: 2, jump_n_sample: 2}, {sampler: dpm++, steps: 5}]")
+    run = make_run(tmp_path, ["sampling.budget_study.pairs=3", points, "sampling.n_unconditional=0",
+                              "sampling.style.guided=false", "sampling.style.mkl_only=false", "metrics.min_images=3"])
+    names = list(budget_points(run.cfg))
+    assert names == ["budget-repaint-14", "budget-repaint-ddim-10", "budget-dpm++-5"]
+    assert planned_methods(run.cfg)[-3:] == names
+    sample_all(run)
+    records = {n: read_records(synthetic_dir(run, n)).sort_values("id", ignore_index=True) for n in names}
+    first = records[names[0]]
+    assert len(first) == 3 and first["model"].eq("full").all()
+    for name, df in records.items():
+        assert synthetic_dir(run, name).parent == run.path("synthetic", "budget")
+        assert df[["source_id", "seed"]].astype(str).values.tolist() == first[["source_id", "seed"]].astype(str).values.tolist()
+        assert set(df["nfe"]) == {int(name.rsplit("-", 1)[1])}
+    assert not any(k.startswith("budget") for k in discover_sets(run, 1))
+
+    def features(crops):       # a plain pixel feature (the KID arithmetic is tested against torch-fidelity)
+        from PIL import Image
+
+        return np.stack([np.asarray(Image.fromarray(c).resize((8, 8)), np.float64).reshape(-1) / 255 for c in crops])
+
+    table = budget_table(run, features)
+    assert list(table["method"]) == names and table["status"].eq("ok").all()
+    assert budget_summary(run.cfg, table).startswith("3 sources, reference budget-repaint-14 (14 UNet calls per pair)")
+    shown = budget_display(table)
+    assert list(shown["set"]) == names and shown.loc[0, "indistinguishable"] == "reference"
+    assert shown.loc[2, "jumps"] == "none" and shown.loc[1, "jumps"] == "2 x 2"
+    fig = budget_figure(table)
+    assert len(fig.axes) == 2 and len(fig.axes[1].patches) == 3         # one cost bar per point
+    plt.close(fig)
+    assert table.loc[0, "kid_minus_reference"] == 0 and table.loc[0, "speedup"] == 1
+    assert table["accepted"].le(3).all() and table["real_mask_coverage"].between(0, 1).all()
+    run.cfg.metrics.min_images = 4
+    refused = budget_table(run, features)
+    assert refused["status"].str.contains("too few").all() and refused["kid"].isna().all()
+    assert not refused["indistinguishable"].any()
+    assert "too few" in budget_summary(run.cfg, refused) and "min_images = 4" in budget_summary(run.cfg, refused)
+    assert "off in the 'smoke' profile" in budget_summary(run.cfg, refused.iloc[:0])

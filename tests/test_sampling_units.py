@@ -166,8 +166,13 @@ def test_repaint_schedule_is_the_authors():
         repaint_schedule(20, 5, 2, "middle")
 
 
-@pytest.mark.parametrize("variance,start", [("fixed_small", "sdedit"), ("learned_range", "noise")])
-def test_repaint_cost_and_known_region(variance, start):
+@pytest.mark.parametrize("variance,start,sampler", [("fixed_small", "sdedit", "repaint"), ("learned_range", "noise", "repaint"),
+                                                    ("learned_range", "noise", "repaint-ddim"),
+                                                    ("fixed_small", "sdedit", "repaint-ddim"),
+                                                    ("learned_range", "noise", "dpm++"), ("fixed_small", "sdedit", "dpm++")])
+def test_repaint_cost_and_known_region(variance, start, sampler):
+    """Every joint inpainting sampler: the UNet calls it reports are the calls made (counted by a hook),
+    the real pair stays exact outside the region, the region is redrawn, a pair does not depend on its batch."""
     from diffusers import UNet2DModel
 
     from polyplib.sampling.repaint import count_evaluations, repaint
@@ -185,17 +190,18 @@ def test_repaint_cost_and_known_region(variance, start):
     masks[:, 10:20, 12:22] = True
     regions = np.stack([dilate(m, 5) for m in masks])
     out, raw, nfe = repaint(unet, config, images, masks, regions, [3, 4], steps=12, start=start, skip_steps=3,
-                            jump_length=3, jump_n_sample=2)
-    assert nfe == hook.n == count_evaluations(12, 3, 2, 3, start)
+                            jump_length=3, jump_n_sample=2, sampler=sampler)
+    assert nfe == hook.n == count_evaluations(12, 3, 2, 3, start, sampler)
+    assert nfe == {"dpm++": 12 - 3 * (start == "sdedit")}.get(sampler, nfe)
     assert np.array_equal(out[~regions], images[~regions]) and not raw[~regions].any()
     assert (out[regions] != images[regions]).mean() > 0.5
     again = repaint(unet, config, images[1:], masks[1:], regions[1:], [4], steps=12, start=start, skip_steps=3,
-                    jump_length=3, jump_n_sample=2)
+                    jump_length=3, jump_n_sample=2, sampler=sampler)
     assert np.abs(again[0][0].astype(int) - out[1].astype(int)).max() <= 1     # a pair does not depend on its batch
     if start == "sdedit":
         with pytest.raises(StageError, match="skip_steps"):
             repaint(unet, config, images, masks, regions, [3, 4], steps=5, start=start, skip_steps=5,
-                    jump_length=2, jump_n_sample=2)
+                    jump_length=2, jump_n_sample=2, sampler=sampler)
 
 
 def test_pair_seeds_are_stable_and_distinct():

@@ -83,7 +83,7 @@ class Chain:
         self.betas = 1.0 - ac_kept / np.append(1.0, ac_kept[:-1])        # the respaced betas
         ac = np.cumprod(1.0 - self.betas)
         ac_prev = np.append(1.0, ac[:-1])
-        self.alphas_cumprod = ac
+        self.alphas_cumprod, self.alphas_cumprod_prev = ac, ac_prev
         # float64 tables of every factor used (cast per use), so results agree with guided-diffusion's
         self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod = np.sqrt(ac), np.sqrt(1.0 - ac)
         self.sqrt_recip_alphas_cumprod, self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / ac), np.sqrt(1.0 / ac - 1.0)
@@ -178,6 +178,19 @@ class Chain:
         out = self.p_mean_variance(model_output, xt, i, variance)
         nonzero = (i != 0).to(xt.dtype).reshape(-1, *([1] * (xt.ndim - 1)))
         return out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise, out["pred_x0"]
+
+    def ddim_step(self, model_output: torch.Tensor, xt: torch.Tensor, i: torch.Tensor, noise: torch.Tensor,
+                  eta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM step x_i -> x_{i-1} (Song et al. 2021, eq. 12) as guided-diffusion's ``ddim_sample``:
+        x0 is predicted and clipped, epsilon re-derived from the clipped x0 (so the step stays on the
+        data range), ``eta`` scales the fresh noise (0: deterministic). Returns (x_{i-1}, predicted x0)."""
+        pred_x0 = self.p_mean_variance(model_output, xt, i, "fixed_small")["pred_x0"]
+        eps = (self._at("sqrt_recip_alphas_cumprod", i, xt) * xt - pred_x0) / self._at("sqrt_recipm1_alphas_cumprod", i, xt)
+        ac, ac_prev = self._at("alphas_cumprod", i, xt), self._at("alphas_cumprod_prev", i, xt)
+        sigma = eta * torch.sqrt((1 - ac_prev) / (1 - ac)) * torch.sqrt(1 - ac / ac_prev)
+        mean = pred_x0 * torch.sqrt(ac_prev) + torch.sqrt(1 - ac_prev - sigma ** 2) * eps
+        nonzero = (i != 0).to(xt.dtype).reshape(-1, *([1] * (xt.ndim - 1)))
+        return mean + nonzero * sigma * noise, pred_x0
 
     # -- training
     def vb_bits(self, model_output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, i: torch.Tensor,

@@ -204,7 +204,7 @@ def paper_repaint_evaluations(paper) -> int:
     from ..sampling.repaint import count_evaluations
 
     s = paper.sampling
-    return count_evaluations(s.steps, s.jump_length, s.jump_n_sample, s.skip_steps, s.start)
+    return count_evaluations(s.steps, s.jump_length, s.jump_n_sample, s.skip_steps, s.start, s.sampler)
 
 
 def compute_table(run: Run, paper=None) -> pd.DataFrame:

@@ -34,6 +34,7 @@ from .. import paper
 from .fid import (RESIZE_POLICY, TOO_FEW, InceptionFeatures, cached_features, fid_from_features,
                   kid_from_features, real_halves, too_few)
 from .inception_weights import locate_fid_helper_weights, resolve_fid_weights
+from .budget import BOOTSTRAPS, budget_table
 from .fidelity import label_fidelity
 from .msssim import msssim_pairs
 from .review import REVIEW_SOURCES, choose_items, cohen_kappa, score_review, write_kit
@@ -345,7 +346,7 @@ def review_kit(run: Run, sets: dict[str, SetInfo]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- the stage
-TABLES = ("04_fid", "04_fid_steps", "04_msssim", "04_review_kit", "04_label_fidelity")
+TABLES = ("04_fid", "04_fid_steps", "04_msssim", "04_review_kit", "04_label_fidelity", "04_budget")
 MIN_IMAGES_RULE = ("a comparison whose set or real reference holds fewer than {m} images (metrics.min_images) has "
                    "status 'too few images' and no FID, KID or KID sd")
 
@@ -385,6 +386,7 @@ def _compute(run: Run) -> dict[str, pd.DataFrame]:
     # the labelled sets the segmentation study can train on (the unconditional step study is a picture)
     fidelity = label_fidelity(run, {k: info.label for k, info in sets.items()
                                     if info.status == "ok" and not UNCOND.match(k)})
+    budget = budget_table(run, extractor)   # the samplers' quality-vs-cost study (empty when it is off)
     settings = {"weights": weights.record(), "features": extractor.settings(), "fid_resize": extractor.resize,
                 "resize": extractor.protocol, "resize_policy": RESIZE_POLICY[extractor.resize],
                 "fid_sets": m.fid_sets, "kid_subset_size": m.kid_subset_size, "kid_subsets": KID_SUBSETS,
@@ -397,7 +399,13 @@ def _compute(run: Run) -> dict[str, pd.DataFrame]:
         "settings": {"pairs_per_set": m.msssim_pairs, "seed": m.seed, "window": window,
                      "rule": "largest odd win_size <= 11 with (win-1)*16 < min side and win <= min side/16"},
         "msssim": msssim.to_dict("records")})
-    tables = dict(zip(TABLES, (fid, steps, msssim, kit, fidelity)))
+    if len(budget):
+        atomic_write_json(run.path("metrics", "budget.json"), {
+            "settings": {"protocol": "region crops vs the same crops of the real sources; KID on all pairs, 95 % "
+                         f"bootstrap intervals over sources ({BOOTSTRAPS} draws, paired across points)",
+                         "seed": m.seed, "min_images": m.min_images, "points": run.cfg.sampling.budget_study.model_dump()},
+            "budget": json_records(budget)})
+    tables = dict(zip(TABLES, (fid, steps, msssim, kit, fidelity, budget)))
     run.save_tables(tables, stage="04")
     return tables
 

@@ -297,3 +297,78 @@ def fidelity_figure(table: pd.DataFrame):
     axes[0].set_ylim(len(sets) - 0.5, -0.5)          # first set on top, every row half a row from the edges
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- the samplers' cost study
+def budget_display(budget: pd.DataFrame) -> pd.DataFrame:
+    """The quality-vs-cost table as a reader wants it: KID x 1000 with its 95 % interval, the paired
+    difference to the authors' schedule, cost, diversity and mask sanity (values below
+    ``metrics.min_images`` say why they are missing). No study: one row that says so."""
+    if budget.empty:
+        return pd.DataFrame({"study": ["not run (sampling.budget_study.pairs = 0)"]})   # <= 50 chars: pandas shows it whole
+
+    def ci(v, lo, hi):
+        return f"{1000 * v:.2f} [{1000 * lo:.2f}, {1000 * hi:.2f}]" if np.isfinite(v) else None
+
+    rows = []
+    for r in budget.to_dict("records"):
+        ok = r.get("status") == "ok"
+        rows.append({
+            "set": r["method"], "sampler": r["sampler"], "steps": r["steps"], "jumps": r["jumps"],
+            "UNet calls / pair": r["unet_calls"], "s / pair": round(r["seconds_per_pair"], 3),
+            "speed-up": f"{r['speedup']:.1f}x",
+            "KID x 1000 [95 % CI]": ci(r["kid"], r["kid_lo"], r["kid_hi"]) if ok else r["status"],
+            "minus the authors' [95 % CI]": ci(r["kid_minus_reference"], r["diff_lo"], r["diff_hi"]) if ok else "",
+            "indistinguishable": ("reference" if r["method"] == r["reference"] else
+                                  "yes" if r["indistinguishable"] else "no") if ok else "",
+            "FID (crops)": round(r["fid"], 1) if ok and np.isfinite(r["fid"]) else "",
+            "MS-SSIM": round(r["msssim"], 3) if ok else "",
+            "accepted": f"{r['accepted']}/{r['pairs']}",
+            "mask coverage (real)": f"{r['mask_coverage']:.2f} ({r['real_mask_coverage']:.2f})",
+            "coverage KS": f"{r['coverage_ks']:.2f}"})
+    return pd.DataFrame(rows)
+
+
+def budget_figure(budget: pd.DataFrame):
+    """KID x 1000 of the redrawn regions (95 % intervals) against UNet calls per pair, one marker per
+    sampler, with the authors' schedule's interval as a grey band; right: seconds per pair."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.0, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    df = budget[budget["status"] == "ok"] if len(budget) else budget
+    if df.empty:
+        why = budget["status"].iloc[0] if len(budget) else "the study was not run (sampling.budget_study.pairs = 0)"
+        ax.text(0.5, 0.5, f"no KID: {why}", ha="center", va="center", transform=ax.transAxes, wrap=True)
+    else:
+        ref = df[df["method"] == df["reference"]].iloc[0]
+        ax.axhspan(1000 * ref["kid_lo"], 1000 * ref["kid_hi"], color="grey", alpha=0.2,
+                   label=f"{ref['method']} (reference) 95 % CI")
+        for k, ((sampler, g), marker) in enumerate(zip(df.groupby("sampler", sort=False), "osD^v")):
+            g = g.sort_values("unet_calls")
+            x = g["unet_calls"].to_numpy(float) * 1.06 ** k          # side by side where budgets coincide
+            y = 1000 * g["kid"].to_numpy(float)
+            err = np.vstack([y - 1000 * g["kid_lo"].to_numpy(float), 1000 * g["kid_hi"].to_numpy(float) - y])
+            ax.errorbar(x, y, yerr=err, marker=marker, capsize=3, ls="none", label=sampler)
+            for xi, (_, r) in zip(x, g.iterrows()):
+                ax.annotate(f"{r['steps']} st." + ("" if r["jumps"] == "none" else f", {r['jumps']}"),
+                            (xi, 1000 * r["kid"]), fontsize=6, xytext=(4, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(df["unet_calls"].unique()))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.2), ncol=2, frameon=False)
+    ax.set_xlabel("UNet calls per pair (log scale; st. = steps, jumps length x samples)", fontsize=8)
+    ax.set_ylabel("KID x 1000, region crops vs the real ones")
+    if len(budget):
+        b = budget.sort_values("unet_calls")
+        ax2.barh(b["method"], b["seconds_per_pair"], color="tab:blue")
+        ax2.set_xlabel("seconds per pair (this run's device)")
+        ax2.invert_yaxis()
+        ax2.tick_params(axis="y", labelsize=7)
+    n = int(budget["pairs"].iloc[0]) if len(budget) else 0
+    fig.suptitle(f"Inpainting samplers: fidelity of the redrawn region against cost ({n} sources, the same seeds)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -11,7 +11,9 @@ Methods, each a folder ``runs/<profile>/synthetic/<method>/`` laid out like prep
   ``full-diff`` after the authors' guided style transfer and colour matching (``sampling.style``,
   :mod:`.guided`); reported absent, with the reason, when the feature-network weights are not given;
 - ``mkl-diff`` / ``mkl-full-diff``: the same pairs after colour matching alone (``sampling.style.mkl_only``);
-- ``uncond-<sampler>-<steps>``: pairs drawn from scratch with DDPM / DDIM / DPM-Solver++.
+- ``uncond-<sampler>-<steps>``: pairs drawn from scratch with DDPM / DDIM / DPM-Solver++;
+- ``budget-<sampler>-<calls>`` (under ``synthetic/budget/``): the quality-vs-cost study
+  (``sampling.budget_study``): the same sources redrawn by each inpainting sampler and call budget.
 
 Every pair has its own seed, derived from (``sampling.seed``, source id, sample index), and batches
 are fixed by the plan, so :func:`regenerate` redraws any single pair exactly and a killed run
@@ -41,8 +43,8 @@ from .unconditional import pair_seed, sample_unconditional
 from .writer import SyntheticWriter, read_records
 from ..training import resolve_device, torch_threads
 
-__all__ = ["sample_all", "regenerate", "verify_regeneration", "planned_methods", "load_synthetic", "load_summary",
-           "summary_table", "sampler_study", "rejection_table", "absent_table", "absent_methods", "synthetic_dir",
+__all__ = ["sample_all", "sample_methods", "regenerate", "verify_regeneration", "planned_methods", "load_synthetic", "load_summary",
+           "summary_table", "sampler_study", "budget_points", "rejection_table", "absent_table", "absent_methods", "synthetic_dir",
            "STYLED_METHODS"]
 
 #: RePaint methods and the model that redraws each source ("cluster": the source's own cluster model)
@@ -66,10 +68,31 @@ def planned_methods(cfg) -> list[str]:
         base = base + ["full-diff"] * ("full-diff" not in base) + [f"full-diff-{variance_ablation(cfg.ddpm)[0][5:]}"]
     uncond = [f"uncond-{smp}-{n}" for smp in dict.fromkeys(s.unconditional_samplers)
               for n in dict.fromkeys(s.unconditional_steps)] if s.n_unconditional > 0 else []
-    return base + styled + uncond
+    return base + styled + uncond + list(budget_points(cfg))
+
+
+def budget_points(cfg) -> dict[str, dict]:
+    """{``budget-<sampler>-<calls>``: point settings} of the quality-vs-cost study (empty when it is off)."""
+    from .repaint import count_evaluations
+
+    b = cfg.sampling.budget_study
+    if b.pairs <= 0:
+        return {}
+    out = {}
+    for p in b.points:
+        calls = count_evaluations(p.steps, p.jump_length, p.jump_n_sample, 0, "noise", p.sampler)
+        name = f"budget-{p.sampler}-{calls}"
+        if name in out:
+            raise StageError(f"sampling.budget_study.points: two points are {name} ({p.sampler}, {calls} UNet calls "
+                             "per pair); give each sampler a different budget")
+        out[name] = {**p.model_dump(), "calls": calls}
+    return out
 
 
 def synthetic_dir(run: Run, method: str | None = None) -> Path:
+    """A method's folder; the budget study's sets sit apart in ``synthetic/budget/`` (they train nothing)."""
+    if method and method.startswith("budget-"):
+        return run.path("synthetic", "budget", method)
     return run.path("synthetic", method) if method else run.path("synthetic")
 
 
@@ -181,16 +204,39 @@ def _repaint_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
         for k in range(s.samples_per_image):
             jobs.setdefault(model, []).append({
                 "id": f"{ctx.files[sid]}_s{k}", "file": f"{ctx.files[sid]}_s{k}", "source_id": sid,
-                "cluster": int(clusters.get(sid, -1)), "model": model, "method": method, "sampler": "repaint",
+                "cluster": int(clusters.get(sid, -1)), "model": model, "method": method, "sampler": s.sampler,
                 "steps": s.steps, "seed": pair_seed(s.seed, sid, k), "sample_index": k})
     batches = [b for model in sorted(jobs) for b in _chunks(jobs[model], s.batch_size)]
-    params = {"start": s.start, "skip_steps": s.skip_steps if s.start == "sdedit" else None,
+    # the authors' sampler adds no key, so sets made before samplers were selectable stay valid
+    fast = {} if s.sampler == "repaint" else {"sampler": s.sampler, **({"eta": s.eta} if s.sampler == "repaint-ddim" else {})}
+    params = {**fast,
+              "start": s.start, "skip_steps": s.skip_steps if s.start == "sdedit" else None,
               "jump_length": s.jump_length, "jump_n_sample": s.jump_n_sample,
               "dilation_px": ctx.dilation_px, **ctx.post.as_row()}
     key = _key({"method": method, "params": params, "steps": s.steps, "batch": s.batch_size, "seed": s.seed,
                 "data": ctx.run.keys.get("01"), "ids": [j["id"] for b in batches for j in b],
                 "models": _fingerprint(ctx.run, list(jobs))})
     return batches, {"key": key, "params": params, "skipped_empty_sources": skipped}
+
+
+def _budget_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
+    """One pair for each of the first ``pairs`` training sources with a polyp, with the seeds of the
+    ``diff`` set's first pairs: every point of the study redraws the same sources from the same noise."""
+    point = budget_points(ctx.cfg)[method]
+    model = ctx.default_model()
+    m = ctx.ds.manifest.set_index("id")
+    sources = [sid for sid in ctx.ds.ids("train") if not ("empty" in m and str(m.at[sid, "empty"]) == "True")]
+    sources = sources[: ctx.s.budget_study.pairs]
+    jobs = [{"id": f"{ctx.files[sid]}_s0", "file": f"{ctx.files[sid]}_s0", "source_id": sid, "cluster": -1,
+             "model": model, "method": method, "sampler": point["sampler"], "steps": point["steps"],
+             "seed": pair_seed(ctx.s.seed, sid, 0), "sample_index": 0} for sid in sources]
+    params = {"sampler": point["sampler"], **({"eta": ctx.s.eta} if point["sampler"] == "repaint-ddim" else {}),
+              "start": "noise", "skip_steps": None, "jump_length": point["jump_length"],
+              "jump_n_sample": point["jump_n_sample"], "dilation_px": ctx.dilation_px, **ctx.post.as_row()}
+    key = _key({"method": method, "params": params, "steps": point["steps"], "batch": ctx.s.batch_size,
+                "seed": ctx.s.seed, "data": ctx.run.keys.get("01"), "ids": [j["id"] for j in jobs],
+                "models": _fingerprint(ctx.run, [model])})
+    return _chunks(jobs, ctx.s.batch_size), {"key": key, "params": params}
 
 
 def _repaint_compute(ctx: _Context, batch: list[dict], params: dict) -> list[tuple]:
@@ -201,9 +247,10 @@ def _repaint_compute(ctx: _Context, batch: list[dict], params: dict) -> list[tup
     images = np.stack([p[0] for p in pairs])
     masks = np.stack([p[1] for p in pairs])
     regions = np.stack([dilate(m, ctx.dilation_px) for m in masks])
-    out, raw, nfe = repaint(unet, sconf, images, masks, regions, [j["seed"] for j in batch], steps=s.steps,
-                            start=s.start, skip_steps=s.skip_steps, jump_length=s.jump_length,
-                            jump_n_sample=s.jump_n_sample)
+    out, raw, nfe = repaint(unet, sconf, images, masks, regions, [j["seed"] for j in batch], steps=batch[0]["steps"],
+                            start=params["start"], skip_steps=params["skip_steps"] or 0,
+                            jump_length=params["jump_length"], jump_n_sample=params["jump_n_sample"],
+                            sampler=params.get("sampler", "repaint"), eta=params.get("eta", s.eta))
     return [_judged(ctx, params, out[i], raw[i], nfe, region_fraction=round(float(regions[i].mean()), 6))
             for i in range(len(batch))]
 
@@ -225,7 +272,9 @@ def _uncond_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
              "seed": pair_seed(s.seed, "unconditional", i), "sample_index": i} for i in range(s.n_unconditional)]
     batches = _chunks(jobs, s.batch_size)
     params = ctx.post.as_row()
-    key = _key({"method": method, "params": params, "batch": s.batch_size, "seed": s.seed,
+    # ddim / dpm++ sets drawn before their x0 was clipped (saturated noise) are redrawn, not reused
+    clipped = {"x0": "clipped"} if sampler in ("ddim", "dpm++") else {}
+    key = _key({"method": method, "params": params, "batch": s.batch_size, "seed": s.seed, **clipped,
                 "ids": [j["id"] for j in jobs], "models": _fingerprint(ctx.run, [model])})
     return batches, {"key": key, "params": params}
 
@@ -310,6 +359,8 @@ def _kind(method: str) -> tuple[Callable, Callable]:
         return _styled_plan, _styled_compute
     if method.startswith("uncond-"):
         return _uncond_plan, _uncond_compute
+    if method.startswith("budget-"):
+        return _budget_plan, _repaint_compute
     raise StageError(f"unknown synthetic method '{method}'; "
                      f"known: {', '.join([*REPAINT_MODELS, *STYLED_METHODS])}, uncond-<sampler>-<steps>")
 
@@ -360,6 +411,15 @@ def _method_summary(run: Run, method: str, df: pd.DataFrame) -> dict:
         "seconds_per_pair": round(total_s / len(df), 4) if len(df) else 0.0,
         "seconds_per_accepted_pair": round(total_s / accepted, 4) if accepted else None,
     }
+
+
+def sample_methods(run: Run, methods: list[str], force: bool = False,
+                   on_pair: Callable[[dict], None] | None = None) -> list[dict]:
+    """Draw (or finish) the given sets outside the stage's cache: e.g. the budget study alone
+    (``benchmarks/bench_inpaint_budget.py``). Each set resumes where it stopped; returns their summaries."""
+    ctx = _Context(run)
+    with torch_threads(ctx.cfg.run.torch_threads, ctx.device):
+        return [_run_method(ctx, m, force, on_pair) for m in methods]
 
 
 def sample_all(run: Run, force: bool = False, *, methods: list[str] | None = None,

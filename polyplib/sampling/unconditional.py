@@ -35,17 +35,22 @@ def make_scheduler(sampler: str, scheduler_config: dict):
     """A diffusers scheduler for a deterministic fast ``sampler``, built from the model's scheduler config.
 
     These samplers need only the noise prediction: the learned variance is dropped from the
-    config (the UNet's extra channels are sliced off before each step, see ``epsilon``). So is
-    the model's ``timestep_spacing`` (guided-diffusion's "linspace", for ancestral sampling):
-    diffusers' DDIM steps assume its own default spacing.
+    config (the UNet's extra channels are sliced off before each step, see ``epsilon``). Both keep
+    the predicted x0 on the data range [-1, 1], as the DDPM path does: DDIM re-derives epsilon from
+    the clipped x0 (guided-diffusion's ``ddim_sample``; ``step(..., use_clipped_model_output=True)``),
+    DPM-Solver++ thresholds x0 at ``sample_max_value = 1`` (static clipping). Without it an
+    epsilon model's x0 at high noise (error / sqrt(alpha_bar), x150 at t = 999) drives the
+    solver's x0-based update to saturated noise. Both use "trailing" timesteps: the first call at
+    T - 1, where the noise is, which few-step samplers need.
     """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     config = {k: v for k, v in dict(scheduler_config).items() if k not in ("variance_type", "timestep_spacing")}
     if sampler == "ddim":
-        return DDIMScheduler.from_config(config)
+        return DDIMScheduler.from_config(config, clip_sample=True, clip_sample_range=1.0, timestep_spacing="trailing")
     if sampler == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", thresholding=True,
+                                                       sample_max_value=1.0, timestep_spacing="trailing")
     raise StageError(f"unknown sampler '{sampler}'; known: {', '.join(SAMPLERS)}")
 
 
@@ -88,7 +93,7 @@ def sample_tensor(unet, scheduler_config: dict, sampler: str, steps: int, seeds:
     for t in scheduler.timesteps:
         eps = epsilon(unet, scheduler.scale_model_input(x, t), t)
         nfe += 1
-        kwargs = {"eta": 0.0} if sampler == "ddim" else {}
+        kwargs = {"eta": 0.0, "use_clipped_model_output": True} if sampler == "ddim" else {}
         x = scheduler.step(eps, t, x, generator=gens, **kwargs).prev_sample
         if callback is not None:
             callback(nfe)
