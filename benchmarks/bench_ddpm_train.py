@@ -3,8 +3,9 @@
 Both train the same 4-channel UNet2DModel (default: the smoke model, 64 px, batch 8) on the same
 random pairs. The plain loop is what diffusers' train_unconditional.py does without accelerate:
 fp32, torch's default AdamW (a per-tensor loop on CPU), EMAModel(foreach=False). Each single change
-is also measured on the plain loop (bf16 autocast, channels_last, fused AdamW, foreach EMA, and the
-classic attention processor instead of SDPA), so the report says what each optimisation gives.
+is also measured on the plain loop (bf16 autocast, channels_last, oneDNN's bf16 math on fp32 tensors,
+fused AdamW, foreach EMA, and the classic attention processor instead of SDPA), so the report says what
+each optimisation gives.
 The machine may be shared: configurations are interleaved over several short rounds, every
 optimiser step is timed, and throughput is reported from the median step time and from the 20th
 percentile (the steps least disturbed by other jobs). Usage:
@@ -38,6 +39,7 @@ from record import machine, write_record  # noqa: E402
 
 MODEL = ["data.resolution=64", "ddpm.block_out_channels=[32,64,64]", "ddpm.layers_per_block=1",
          "ddpm.attention_resolutions=[16]", "ddpm.batch_size=8", "ddpm.num_train_timesteps=1000",
+         "ddpm.variance=fixed_small",   # epsilon only, as the plain loop (a learned sigma adds the VLB term)
          "run.progress=false", "ddpm.checkpoint_every=100000", "ddpm.sample_every=100000", "ddpm.hflip=true"]
 WARMUP = 3  # steps excluded from every timing (allocator and oneDNN primitive caches)
 
@@ -69,15 +71,24 @@ def cpu_name() -> str:
 
 
 def plain_loop(cfg, data: torch.Tensor, steps: int, *, bf16=False, channels_last=False, fused=False,
-               ema_foreach=False, classic_attention=False, threads=0) -> list[float]:
-    """Step times of a train_unconditional-style loop (no accelerate) with one change switched on."""
+               ema_foreach=False, classic_attention=False, threads=0, onednn_bf16=False) -> list[float]:
+    """Step times of a train_unconditional-style loop (no accelerate) with one change switched on.
+    ``onednn_bf16``: fp32 tensors, but oneDNN's convolutions and matmuls compute in bf16 inside the kernel
+    (``torch.backends.mkldnn.*.fp32_precision``): mixed precision without autocast's casts."""
     default = torch.get_num_threads()
+    mkldnn = (torch.backends.mkldnn.conv, torch.backends.mkldnn.matmul)
+    precision = [b.fp32_precision for b in mkldnn]
     try:
         if threads:
             torch.set_num_threads(threads)
+        if onednn_bf16:
+            for b in mkldnn:
+                b.fp32_precision = "bf16"
         return _plain_loop(cfg, data, steps, bf16, channels_last, fused, ema_foreach, classic_attention)
     finally:
         torch.set_num_threads(default)
+        for b, p in zip(mkldnn, precision):
+            b.fp32_precision = p
 
 
 def _plain_loop(cfg, data, steps, bf16, channels_last, fused, ema_foreach, classic_attention) -> list[float]:
@@ -219,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "plain + bf16 autocast": lambda: plain_loop(cfg, data, args.steps, bf16=True),
         "plain + channels_last": lambda: plain_loop(cfg, data, args.steps, channels_last=True),
         "plain + bf16 + channels_last": lambda: plain_loop(cfg, data, args.steps, bf16=True, channels_last=True),
+        "plain + oneDNN bf16 math (fp32 tensors)": lambda: plain_loop(cfg, data, args.steps, onednn_bf16=True),
         "plain + fused AdamW": lambda: plain_loop(cfg, data, args.steps, fused=True),
         "plain + foreach EMA": lambda: plain_loop(cfg, data, args.steps, ema_foreach=True),
         "plain, classic attention (no SDPA)": lambda: plain_loop(cfg, data, args.steps, classic_attention=True),
@@ -247,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**machine(), "cpu": cpu_name(),
                     "avx512_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())},
         "setup": {"resolution": res, "batch_size": bs, "block_out_channels": cfg.ddpm.block_out_channels,
-                  "layers_per_block": cfg.ddpm.layers_per_block,
+                  "layers_per_block": cfg.ddpm.layers_per_block, "variance": cfg.ddpm.variance,
                   "attention_resolutions": cfg.ddpm.attention_resolutions, "timed_steps": args.steps,
                   "warmup_steps": WARMUP, "rounds": args.rounds,
                   "trainer_precision": trainer_precision,

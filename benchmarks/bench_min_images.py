@@ -1,4 +1,5 @@
-"""How much do FID and KID move with the number of images? The measurement behind ``metrics.min_images``.
+"""How much do FID, KID and MS-SSIM move with the number of images? The measurement behind
+``metrics.min_images``.
 
 On the ``course`` profile's phantom (domain A, 64 px; the data a course run prepares), the real
 images' FID Inception features are taken exactly as stage 04 takes them (``cached_features``, the
@@ -12,7 +13,11 @@ same cache, names and keys, so a later course run reuses them). Then, for n = 25
 Each is repeated ``--repeats`` times with seeded draws; the record holds mean, sd, min and max of FID
 and KID x 1000 per n, beside the FID differences between methods that the course study recorded
 (``results/study_course.json``), the differences a reader of the tables is asked to believe.
-Usage (about 4 min on 2 CPU cores, most of it Inception features; seconds once cached):
+
+The same for MS-SSIM within a set (the same minimum applies to it): n random real
+images (n = 5 ... 200), ``metrics.msssim_pairs`` seeded pairs among them, exactly as stage 04 scores a set;
+the sd of that value over draws against the gaps between the paper's Table 2 values (0.01-0.05).
+Usage (about 5 min on 2 CPU cores, most of it Inception features; about a minute once cached):
 
     python benchmarks/bench_min_images.py [--repeats 20] [--out benchmarks/results/min_images.json]
 """
@@ -68,6 +73,36 @@ def spread(train: np.ndarray, test: np.ndarray, repeats: int, kid_subset_size: i
     return rows
 
 
+MSSSIM_SIZES = (5, 10, 25, 50, 100, 200)
+
+
+def msssim_spread(images: np.ndarray, repeats: int, n_pairs: int, seed: int) -> list[dict]:
+    """MS-SSIM within n random images (``n_pairs`` seeded pairs, as stage 04 scores one set), ``repeats``
+    draws per n: its mean (the small-n bias) and sd (what a table of single sets can resolve)."""
+    from polyplib.metrics.msssim import msssim_pairs
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in MSSSIM_SIZES:
+        if n > len(images):
+            rows.append({"n": n, "skipped": f"needs {n} images"})
+            continue
+        values = [float(msssim_pairs(images[rng.choice(len(images), n, replace=False)], n_pairs,
+                                     int(rng.integers(1 << 31)))[0].mean()) for _ in range(repeats)]
+        rows.append({"n": n, "pairs": n_pairs, "repeats": repeats, "msssim": _stats(values)})
+        print(f"MS-SSIM       n={n:4d}: {rows[-1]['msssim']}", flush=True)
+    return rows
+
+
+def paper_msssim_gaps() -> dict:
+    """The paper's Table 2 values and their pairwise gaps: what a reader is asked to tell apart."""
+    from polyplib import paper
+
+    values = {k: f.value for k, f in paper.MSSSIM.items()}
+    gaps = [abs(a - b) for a, b in itertools.combinations(values.values(), 2)]
+    return {"values": values, "smallest_gap": round(min(gaps), 4), "largest_gap": round(max(gaps), 4)}
+
+
 def study_differences() -> dict:
     """The FIDs the course study recorded and their pairwise differences (what the tables invite readers to compare)."""
     path = RESULTS / "study_course.json"
@@ -109,12 +144,20 @@ def main() -> None:
             feats[part] = got.features
         features_s = time.perf_counter() - start
         rows = spread(feats["train"], feats["test"], args.repeats, m.kid_subset_size, m.seed)
-    record = {"benchmark": "FID / KID spread against the number of images (metrics.min_images)",
+        from polyplib.data.imageio import read_image
+
+        pool = np.stack([read_image(ds.paths(i)[0]) for part in ("train", "test") for i in ds.ids(part)])
+        msssim_rows = msssim_spread(pool, args.repeats, m.msssim_pairs, m.seed)
+    record = {"benchmark": "FID / KID / MS-SSIM spread against the number of images (metrics.min_images)",
               "machine": info, "profile": "course", "data": f"{ds.name}: {len(feats['train'])} training + "
               f"{len(feats['test'])} held-out phantom frames at {run.cfg.data.resolution} px",
               "fid_resize": m.fid_resize, "kid_subset_size": m.kid_subset_size, "kid_subsets": 100,
               "seconds_data_and_features": round(features_s, 1), "results": rows,
               "study_differences": study_differences(),
+              "msssim": {"setting": "metrics.min_images", "pool": len(pool), "results": msssim_rows,
+                         "paper_table_2": paper_msssim_gaps(),
+                         "note": "n real images drawn from the pool without replacement, msssim_pairs seeded pairs "
+                                 "among them; sd over draws: how far one set's value moves by chance alone"},
               "note": "pairs: the true FID is 0, so its mean is the small-n bias; vs_reference: n held-out images "
                       "against all training images, as a synthetic set's row; KID is unbiased but its sd grows as n "
                       "falls"}

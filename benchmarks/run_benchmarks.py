@@ -55,7 +55,9 @@ def headline(name: str, rec: dict) -> list[str]:
                 for r in rec.get("results", [])]
     if name == "min_images":
         return [f"{r['kind']} n={r['n']}: FID {r['fid']['mean']} ± {r['fid']['sd']}, KID x 1000 "
-                f"{r['kid_x1000']['mean']} ± {r['kid_x1000']['sd']}" for r in rec.get("results", []) if "fid" in r]
+                f"{r['kid_x1000']['mean']} ± {r['kid_x1000']['sd']}" for r in rec.get("results", []) if "fid" in r] + \
+               [f"MS-SSIM of one set, n={r['n']}: {r['msssim']['mean']} ± {r['msssim']['sd']}"
+                for r in rec.get("msssim", {}).get("results", []) if "msssim" in r]
     if name == "segmentation":
         r = rec.get("results", {})
         return [f"segmentation training images/s {r.get('images_per_s')}; ratio vs plain smp loop "

@@ -66,8 +66,8 @@ SECTIONS = [
     Section("04", "Fidelity and diversity (notebook 04)",
             "FID and KID against the real training images (mean ± sd over independent sample sets) and "
             "MS-SSIM within each set (lower = more diverse); the paper's values in their own column. A set (or real "
-            "reference) with fewer images than `metrics.min_images` has no FID or KID: its row says 'too few images' "
-            "with its n.",
+            "reference) with fewer images than `metrics.min_images` has no FID, KID or MS-SSIM: its row says 'too few "
+            "images' with its n.",
             [("04_fid", "FID / KID (paper Table 1 format)", _fid),
              ("04_msssim", "MS-SSIM within each set (paper Table 2 format)", _msssim),
              ("04_label_fidelity", "Label fidelity (IoU of each generated mask with a real-only segmenter's "

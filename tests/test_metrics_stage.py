@@ -343,9 +343,11 @@ def _copy(run, tmp_path, extra=()):
     return other
 
 
-def test_a_set_below_min_images_gets_no_fid_or_kid_and_says_why(stage04, run, tmp_path, capsys):
+def test_a_set_below_min_images_gets_no_fid_kid_or_msssim_and_says_why(stage04, run, tmp_path, capsys):
     """min_images = 8: real halves (8 vs 8) and styled-diff (8/8) are measured at the boundary; diff (8/7),
     the held-out test images (6) and the unconditional sets (4) are refused everywhere, with their n."""
+    import matplotlib.pyplot as plt
+
     from polyplib.metrics import evaluate, figures
 
     other = _copy(run, tmp_path, ["metrics.min_images=8"])
@@ -378,6 +380,26 @@ def test_a_set_below_min_images_gets_no_fid_or_kid_and_says_why(stage04, run, tm
     assert shown.loc["Diff", "FID (the paper: real data, 256 px)"] == f"{paper.fid('diff'):g}"   # the paper's stays
     assert "±" in shown.loc["Styled-Diff", "FID (this run, mean ± sd over sets)"]
     assert (figures.steps_display(steps)["FID (n=1 set)"] == "too few images (n = 4 < 8)").all()
+    # MS-SSIM obeys the same minimum: the real training images (16) and styled-diff (8/8) are measured
+    ms = out["04_msssim"].set_index("method")
+    assert ms.loc["real", "status"] == ms.loc["styled-diff", "status"] == "ok"
+    assert 0 < ms.loc["styled-diff", "msssim_mean"] < 1 and ms.loc["styled-diff", "n_images"] == "8/8"
+    for method, n in (("diff", 7), ("uncond-ddpm-10", 4)):
+        assert ms.loc[method, "status"] == "too few images" and np.isnan(ms.loc[method, "msssim_mean"])
+        assert ms.loc[method, "refusal"] == f"too few images (n = {n} < 8)"
+    assert ms.loc["diff", "n_images"] == "8/7" and ms.loc["diff", "paper_msssim"] == paper.msssim("diff")
+    saved = json.loads(other.path("metrics", "msssim.json").read_text())
+    diff = next(r for r in saved["msssim"] if r["method"] == "diff")
+    assert "msssim_mean" not in diff and diff["refusal"] == "too few images (n = 7 < 8)"
+    assert saved["settings"]["min_images"] == 8 and "no MS-SSIM" in saved["settings"]["min_images_rule"]
+    shown = figures.msssim_display(out["04_msssim"])
+    assert shown.loc["Diff", "MS-SSIM (this run, mean ± sd over sets)"] == "too few images (n = 7 < 8)"
+    assert shown.loc["Diff", "MS-SSIM (the paper: real data, 256 px)"] == f"{paper.msssim('diff'):g}"
+    bars = figures.msssim_bars(out["04_msssim"])
+    note = " ".join(t.get_text() for t in bars.texts)
+    assert "not drawn, too few images (metrics.min_images)" in note and "Diff (n = 7 < 8)" in note
+    assert len(bars.axes[0].patches) == (out["04_msssim"]["status"] == "ok").sum()
+    plt.close("all")
 
 
 def test_smoke_tables_show_too_few_images(stage04, run, tmp_path):
@@ -404,6 +426,12 @@ def test_smoke_tables_show_too_few_images(stage04, run, tmp_path):
     bars = figures.fid_bars(fid)
     assert "not drawn, too few images" in " ".join(t.get_text() for t in bars.texts)
     assert not bars.axes[0].patches                                        # no bar at all
+    ms = out["04_msssim"]                                                  # nor any MS-SSIM, the real set's too
+    assert set(ms["status"]) == {"too few images", "absent"} and ms["msssim_mean"].isna().all()
+    assert figures.msssim_display(ms).loc["Real (training images)", "MS-SSIM (this run, mean ± sd over sets)"] \
+        == "too few images (n = 16 < 100)"
+    bars = figures.msssim_bars(ms)
+    assert not bars.axes[0].patches and "no set with a value" in " ".join(t.get_text() for t in bars.axes[0].texts)
     other.cfg.sampling.n_unconditional = 4                                 # what made the sets (the fixture wrote 4)
     fig, name, why = figures.steps_figure(other, out["04_fid_steps"], fid)
     assert name == "04_unconditional_samples" and "metrics.min_images = 100" in why and "4 images" in why

@@ -303,7 +303,7 @@ def test_the_budget_study_redraws_the_same_sources_per_sampler_and_stays_out_of_
     assert table.loc[0, "kid_minus_reference"] == 0 and table.loc[0, "speedup"] == 1
     assert table["accepted"].le(3).all() and table["real_mask_coverage"].between(0, 1).all()
     run.cfg.metrics.min_images = 4
-    refused = budget_table(run, features)
+    refused = budget_table(run, lambda crops: pytest.fail("Inception features extracted for a refused study"))
     assert refused["status"].str.contains("too few").all() and refused["kid"].isna().all()
     assert not refused["indistinguishable"].any()
     assert "too few" in budget_summary(run.cfg, refused) and "min_images = 4" in budget_summary(run.cfg, refused)

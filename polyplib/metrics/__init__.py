@@ -18,6 +18,8 @@ Too few images: a comparison in which a set, or the real images it is compared w
 ``metrics.min_images`` images gets no FID and no KID (nor KID's sd): its row has status ``too few
 images`` and ``refusal`` says which count was short (``too few images (n = 9 < 100)``). The real
 references (real-halves, real-test) obey the same rule; nothing is extracted or computed for them.
+A set below the same minimum has no MS-SSIM either: one set's value would move by more, by chance,
+than the paper's methods differ (``benchmarks/results/min_images.json``).
 """
 from __future__ import annotations
 
@@ -275,11 +277,13 @@ def fid_tables(run: Run, extractor: InceptionFeatures,
 
 #: the measured columns, present (empty) even when no row has a value, e.g. when every set is too small
 VALUE_COLUMNS = ("fid_mean", "fid_sd", "fid_per_set", "kid_mean", "kid_sd", "kid_subset_size", "resize")
+MSSSIM_VALUE_COLUMNS = ("n_pairs", "msssim_mean", "msssim_sd", "pair_sd", "win_size", "win_sigma", "scales",
+                        "image_size")
 
 
-def _with_value_columns(table: pd.DataFrame) -> pd.DataFrame:
+def _with_value_columns(table: pd.DataFrame, columns: tuple[str, ...] = VALUE_COLUMNS) -> pd.DataFrame:
     if len(table):
-        for column in VALUE_COLUMNS:
+        for column in columns:
             if column not in table:
                 table[column] = np.nan
     return table
@@ -296,9 +300,15 @@ def msssim_table(run: Run, sets: dict[str, SetInfo]) -> tuple[pd.DataFrame, dict
     real = SetInfo("real", ds.folder, protocol="the real training images, one set", sets=[ds.ids("train")])
     rows, window = [], {}
     for method, info in {"real": real, **sets}.items():
-        if info.status != "ok" or any(len(ids) < 2 for ids in info.sets):
-            too_few = {"status": "too few", "note": "a set has fewer than 2 images"} if info.status == "ok" else {}
-            rows.append({**_absent_row(info, "msssim"), **too_few})
+        if info.status != "ok":
+            rows.append(_absent_row(info, "msssim"))
+            continue
+        counts = "/".join(str(len(ids)) for ids in info.sets)
+        label = "Real (training images)" if method == "real" else info.label
+        refusal = too_few(min(len(ids) for ids in info.sets), m.min_images)
+        if refusal:      # a few images give a value that moves more by chance than the methods differ
+            rows.append({**_absent_row(info, "msssim"), "label": label, "status": TOO_FEW, "refusal": refusal,
+                         "n_images": counts})
             continue
         means, sds = [], []
         for ids in info.sets:
@@ -309,13 +319,12 @@ def msssim_table(run: Run, sets: dict[str, SetInfo]) -> tuple[pd.DataFrame, dict
             means.append(float(values.mean()))
             sds.append(float(values.std(ddof=1)))
         mean, sd = _mean_sd(means)
-        rows.append({"method": method, "label": "Real (training images)" if method == "real" else info.label,
-                     "status": "ok", "n_sets": len(means), "protocol": info.protocol,
-                     "n_images": "/".join(str(len(s)) for s in info.sets), "n_pairs": m.msssim_pairs,
+        rows.append({"method": method, "label": label, "status": "ok", "n_sets": len(means), "protocol": info.protocol,
+                     "n_images": counts, "n_pairs": m.msssim_pairs,
                      "msssim_mean": mean, "msssim_sd": sd, "pair_sd": float(np.mean(sds)),
                      "win_size": window["win_size"], "win_sigma": window["win_sigma"], "scales": window["scales"],
                      "image_size": _size(images[:1]), "paper_msssim": paper.msssim(info.paper_key), "note": ""})
-    return pd.DataFrame(rows), window
+    return _with_value_columns(pd.DataFrame(rows), MSSSIM_VALUE_COLUMNS), window
 
 
 # ----------------------------------------------------------------------------- review kit
@@ -349,6 +358,8 @@ def review_kit(run: Run, sets: dict[str, SetInfo]) -> pd.DataFrame:
 TABLES = ("04_fid", "04_fid_steps", "04_msssim", "04_review_kit", "04_label_fidelity", "04_budget")
 MIN_IMAGES_RULE = ("a comparison whose set or real reference holds fewer than {m} images (metrics.min_images) has "
                    "status 'too few images' and no FID, KID or KID sd")
+MSSSIM_MIN_IMAGES_RULE = ("a set of fewer than {m} images (metrics.min_images) has status 'too few images' and no "
+                          "MS-SSIM")
 
 
 def json_records(table: pd.DataFrame) -> list[dict]:
@@ -397,8 +408,9 @@ def _compute(run: Run) -> dict[str, pd.DataFrame]:
         "settings": settings, "fid": json_records(fid), "fid_steps": json_records(steps)})
     atomic_write_json(run.path("metrics", "msssim.json"), {
         "settings": {"pairs_per_set": m.msssim_pairs, "seed": m.seed, "window": window,
-                     "rule": "largest odd win_size <= 11 with (win-1)*16 < min side and win <= min side/16"},
-        "msssim": msssim.to_dict("records")})
+                     "rule": "largest odd win_size <= 11 with (win-1)*16 < min side and win <= min side/16",
+                     "min_images": m.min_images, "min_images_rule": MSSSIM_MIN_IMAGES_RULE.format(m=m.min_images)},
+        "msssim": json_records(msssim)})
     if len(budget):
         atomic_write_json(run.path("metrics", "budget.json"), {
             "settings": {"protocol": "region crops vs the same crops of the real sources; KID on all pairs, 95 % "

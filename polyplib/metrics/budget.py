@@ -129,6 +129,8 @@ def budget_table(run: Run, extractor: InceptionFeatures) -> pd.DataFrame:
     for name, df in manifests.items():
         if list(df["source_id"]) != sources:
             raise StageError(f"{synthetic_dir(run, name)}: not the sources of {reference}; rerun stage 03")
+    n = len(sources)
+    refused = too_few({"n": n}, cfg.metrics.min_images)   # no KID, FID or MS-SSIM below metrics.min_images
     boxes, regions, real_crops, real_cover = [], [], [], []
     for sid in sources:
         image, mask = ds.load(sid)
@@ -138,7 +140,7 @@ def budget_table(run: Run, extractor: InceptionFeatures) -> pd.DataFrame:
         regions.append(region)
         real_crops.append(crop(image, box))
         real_cover.append(mask[region].mean())
-    real_feats = extractor(real_crops)
+    real_feats = None if refused else extractor(real_crops)     # nothing extracted for a refused study
     feats, crops, covers = {}, {}, {}
     for name, df in manifests.items():
         folders = [synthetic_dir(run, name) / ("" if ok else "rejected") for ok in df["accepted"].astype(bool)]
@@ -146,9 +148,7 @@ def budget_table(run: Run, extractor: InceptionFeatures) -> pd.DataFrame:
         masks = [read_mask(d / "masks" / f"{f}.png") for d, f in zip(folders, df["file"])]
         crops[name] = [crop(im, b) for im, b in zip(images, boxes)]
         covers[name] = np.array([m[r].mean() for m, r in zip(masks, regions)])
-        feats[name] = extractor(crops[name])
-    n = len(sources)
-    refused = too_few({"n": n}, cfg.metrics.min_images)   # no KID, FID or MS-SSIM below metrics.min_images
+        feats[name] = None if refused else extractor(crops[name])
     kid = (paired_kid(feats, real_feats, reference, seed=cfg.metrics.seed) if not refused else
            pd.DataFrame({"method": list(points)}).reindex(columns=["method", "kid", "kid_lo", "kid_hi",
                                                                     "kid_minus_reference", "diff_lo", "diff_hi"]))

@@ -187,6 +187,11 @@ def _key(payload: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- methods
+def _no_polyp(manifest: pd.DataFrame, sid: str) -> bool:
+    """A source whose mask is empty (the manifest's ``empty`` flag): there is nothing to redraw."""
+    return "empty" in manifest and str(manifest.at[sid, "empty"]) == "True"
+
+
 def _repaint_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
     """Jobs grouped by model (each model loaded once), chunked into fixed batches."""
     s, m = ctx.s, ctx.ds.manifest.set_index("id")
@@ -195,8 +200,8 @@ def _repaint_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
     jobs: dict[str, list[dict]] = {}
     skipped = []
     for sid in ctx.ds.ids("train"):
-        if "empty" in m and str(m.at[sid, "empty"]) == "True":
-            skipped.append(sid)   # nothing to redraw: no polyp in the source
+        if _no_polyp(m, sid):
+            skipped.append(sid)
             continue
         if per_cluster and sid not in clusters:
             raise StageError(f"{ctx.run.path('clusters.csv')}: training image '{sid}' has no cluster")
@@ -225,7 +230,7 @@ def _budget_plan(ctx: _Context, method: str) -> tuple[list[list[dict]], dict]:
     point = budget_points(ctx.cfg)[method]
     model = ctx.default_model()
     m = ctx.ds.manifest.set_index("id")
-    sources = [sid for sid in ctx.ds.ids("train") if not ("empty" in m and str(m.at[sid, "empty"]) == "True")]
+    sources = [sid for sid in ctx.ds.ids("train") if not _no_polyp(m, sid)]
     sources = sources[: ctx.s.budget_study.pairs]
     jobs = [{"id": f"{ctx.files[sid]}_s0", "file": f"{ctx.files[sid]}_s0", "source_id": sid, "cluster": -1,
              "model": model, "method": method, "sampler": point["sampler"], "steps": point["steps"],
