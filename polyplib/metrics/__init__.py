@@ -308,7 +308,7 @@ def msssim_table(run: Run, sets: dict[str, SetInfo]) -> tuple[pd.DataFrame, dict
         refusal = too_few(min(len(ids) for ids in info.sets), m.min_images)
         if refusal:      # a few images give a value that moves more by chance than the methods differ
             rows.append({**_absent_row(info, "msssim"), "label": label, "status": TOO_FEW, "refusal": refusal,
-                         "n_images": counts})
+                         "n_sets": len(info.sets), "n_images": counts})
             continue
         means, sds = [], []
         for ids in info.sets:
