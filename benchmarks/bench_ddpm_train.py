@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                   "attention_resolutions": cfg.ddpm.attention_resolutions, "timed_steps": args.steps,
                   "warmup_steps": WARMUP, "rounds": args.rounds,
                   "trainer_precision": trainer_precision,
-                  "note": "shared CPU: other jobs ran at the same time; every step timed, interleaved rounds"},
+                  "note": "every step timed, configurations interleaved over rounds; other jobs may share the "
+                          "CPU (machine.load_average_at_start)"},
         "images_per_s_median_step": {k: round(v, 2) for k, v in median.items()},
         "images_per_s_p20_step": {k: round(v, 2) for k, v in fast.items()},
         "speedup_vs_plain_median": {k: round(v / base, 2) for k, v in median.items()},
