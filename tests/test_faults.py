@@ -59,7 +59,7 @@ def test_kill_9_anywhere_then_rerun_gives_the_uninterrupted_metrics(tmp_path):
         ("DDPM training, after a checkpoint", _any(run, "models/ddpm/*/checkpoints/checkpoint-*")),
         ("a checkpoint being written", _any(run, "models/ddpm/*/checkpoints/.checkpoint-*.tmp")),
         ("RePaint sampling", _any(run, "synthetic/diff/records/*.json", 5)),
-        ("stage 04: the label-fidelity judge training", _any(run, "models/judge/train/log.csv")),
+        ("stage 04: the label-fidelity judge training", _any(run, "segmentation/*/train/log.csv")),
         ("GAN training", _any(run, "models/gan/checkpoints/checkpoint-*")),
         ("segmentation training", _any(run, "segmentation/*/train/log.csv", 2)),
     ]

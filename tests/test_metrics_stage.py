@@ -479,7 +479,12 @@ def test_label_fidelity_is_refused_below_the_minimum_and_recorded(tables, run):
     assert fid.loc["real-test", "judge_status"] == "too few pairs (n = 6 < 20)"
     record = json.loads(run.path("metrics", "fidelity.json").read_text())
     assert record["settings"]["judge"]["judge_fit_images"] > 0 and len(record["fidelity"]) == 3
-    assert json.loads(run.path("models", "judge", "judge.json").read_text())["model"] == "unet"
+    # the judge is stage 06's real-only baseline, trained once: stage 06 finds it finished
+    from polyplib.segmentation.study import judge_configuration, plan
+    c = judge_configuration(run.cfg)
+    assert record["settings"]["judge"]["judge_configuration"] == c.name and c in plan(run.cfg, [])
+    result = json.loads(run.path("segmentation", c.name, "result.json").read_text())
+    assert result["configuration"]["regime"] == "real" and result["best_epoch"] == record["settings"]["judge"]["judge_best_epoch"]
 
 
 def test_label_fidelity_of_real_like_pairs_matches_the_real_reference(run, monkeypatch):

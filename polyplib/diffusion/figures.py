@@ -127,8 +127,9 @@ def samples_over_training_figure(run, names: Sequence[str], per_model: int = 3, 
     return fig
 
 
-def mask_values_figure(samples, bins: int = 50):
-    """Histogram of the generated mask channel: a well-trained model puts its mass near -1 and +1."""
+def mask_values_figure(samples, bins: int = 50, drawn_with: str = ""):
+    """Histogram of the generated mask channel: a well-trained model puts its mass near -1 and +1.
+    ``drawn_with`` (e.g. "DDPM, 50 of 1000 steps") goes into the title."""
     import matplotlib.pyplot as plt
 
     values = np.asarray(samples)[:, 3].ravel()
@@ -136,8 +137,8 @@ def mask_values_figure(samples, bins: int = 50):
     ax.hist(values, bins=bins, range=(-1, 1), color="tab:green")
     ax.axvline(0, color="black", lw=1, ls="--")
     near = float(np.mean(np.abs(values) > 0.9))
-    ax.set_title(f"mask channel of {len(np.asarray(samples))} samples: {near:.0%} of values within 0.1 of ±1",
-                 fontsize=9)
+    ax.set_title(f"mask channel of {len(np.asarray(samples))} samples{f' ({drawn_with})' if drawn_with else ''}: "
+                 f"{near:.0%} of values within 0.1 of ±1", fontsize=9)
     ax.set_xlabel("mask channel value (threshold at 0)")
     ax.set_ylabel("pixels")
     fig.tight_layout()

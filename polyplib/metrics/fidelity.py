@@ -21,9 +21,7 @@ real frames. Two checks answer this without a human:
 """
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -115,49 +113,21 @@ def seam_check(real: np.ndarray, generated: np.ndarray, seed: int = 0, folds: in
 
 
 # ------------------------------------------------------------------------------- the real-only judge
-def judge_settings(run: Run):
-    """The segmentation protocol of stage 06's real-only run (first model, primary augmentation, seed 0)."""
-    from ..segmentation.study import primary_augmentation
-    from ..segmentation.train import TrainSettings
-
-    return TrainSettings.of(run.cfg, primary_augmentation(run.cfg), seed=0)
-
-
 def judge(run: Run):
-    """The real-only segmenter (trained once, cached in ``models/judge``): (model, mean, std, record)."""
-    import shutil
+    """The real-only segmenter: (model, mean, std, record).
 
-    import torch
+    It is stage 06's real-only baseline (first model, primary augmentation, first seed), trained once
+    under ``segmentation/<name>/`` by whichever stage needs it first: stage 06 then finds it finished
+    instead of training the same model a second time."""
+    from ..segmentation.models import input_normalization, load_model
+    from ..segmentation.study import judge_configuration, train_configuration
 
-    from ..data.prepared import load_dataset
-    from ..segmentation.data import EpochPlan, load_pool, split_train_val
-    from ..segmentation.models import build_model, input_normalization, load_model
-    from ..segmentation.train import train_model
-
-    s, settings = run.cfg.segmentation, judge_settings(run)
-    ds = load_dataset(run)
-    fit_ids, val_ids = split_train_val(ds.ids("train"), s.val_fraction, settings.seed)
-    spec = {"model": s.models[0], "encoder": s.encoder, "encoder_weights": s.encoder_weights,
-            "settings": {k: v for k, v in asdict(settings).items() if k not in ("progress", "num_workers")},
-            "fit": fit_ids, "val": val_ids, "resolution": run.cfg.data.resolution}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    folder = run.path("models", "judge")
-    info = folder / "judge.json"
-    if folder.exists() and (not info.exists() or json.loads(info.read_text()).get("key") != key):
-        shutil.rmtree(folder)
-    atomic_write_json(info, {"key": key, "model": spec["model"], "encoder": s.encoder,
-                             "encoder_weights": s.encoder_weights, "fit_images": len(fit_ids),
-                             "val_images": len(val_ids)})
-    size = run.cfg.data.resolution
-    fit, val = load_pool(ds, fit_ids, size), load_pool(ds, val_ids, size)
-    torch.manual_seed(settings.seed)
-    model = build_model(s.models[0], s.encoder, s.encoder_weights)
+    s, c = run.cfg.segmentation, judge_configuration(run.cfg)
+    folder, result = train_configuration(run, c)
     mean, std = input_normalization(s.encoder, s.encoder_weights)
-    summary = train_model(model, EpochPlan(fit, None, [(0, i) for i in range(len(fit))], settings.seed), val,
-                          folder / "train", settings, mean, std, name="judge (real only)")
     return load_model(folder / "train" / "model"), mean, std, {
-        "judge_model": spec["model"], "judge_best_epoch": summary["best_epoch"],
-        "judge_val_iou": summary["best_val_iou"], "judge_fit_images": len(fit_ids)}
+        "judge_model": c.model, "judge_configuration": c.name, "judge_best_epoch": result["best_epoch"],
+        "judge_val_iou": result["best_val_iou"], "judge_fit_images": result["real_images"]}
 
 
 def _iou_row(ious: np.ndarray, n_resamples: int, seed: int) -> dict:

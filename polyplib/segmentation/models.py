@@ -202,8 +202,12 @@ def input_normalization(encoder: str, encoder_weights: str | None) -> tuple[tupl
 
 
 def save_model(model: nn.Module, folder: str | Path, **metadata: Any) -> Path:
-    """smp ``save_pretrained`` into ``folder`` (config.json + model.safetensors + README card)."""
-    model.save_pretrained(str(folder), **metadata)
+    """smp ``save_pretrained`` into ``folder`` (config.json + model.safetensors + README card); a
+    channels-last model (CPU training) is written in torch's default layout."""
+    from ..training import default_layout
+
+    with default_layout(model):
+        model.save_pretrained(str(folder), **metadata)
     return Path(folder)
 
 

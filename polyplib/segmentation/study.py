@@ -300,6 +300,21 @@ def run_configuration(run: Run, c: Configuration, data: _Data, on_epoch_end=None
     return scores
 
 
+def judge_configuration(cfg: StudyConfig) -> Configuration:
+    """The real-only baseline that stages 04 and 05 use as the label-fidelity judge (metrics.fidelity):
+    all training images, the primary augmentation, the first model and the first seed."""
+    s = cfg.segmentation
+    return Configuration("real", None, None, 0, primary_augmentation(cfg), s.models[0], s.seeds[0])
+
+
+def train_configuration(run: Run, c: Configuration) -> tuple[Path, dict]:
+    """Train one configuration outside the stage (or find it finished): (its folder, its result.json)."""
+    with torch_threads(run.cfg.run.torch_threads, resolve_device(run.cfg.run.device)):
+        run_configuration(run, c, _Data(run))
+    folder = run.path("segmentation", c.name)
+    return folder, json.loads((folder / "result.json").read_text())
+
+
 def run_plan(run: Run, configs: list[Configuration] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train/test every configuration of the plan; (results: one row per configuration, per-image)."""
     sources = synthetic_sources(run)

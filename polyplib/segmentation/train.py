@@ -31,7 +31,7 @@ from ..runs import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_wri
 from .data import EpochPlan, PairDataset, PairPool
 from .evaluate import pair_scores, predict_logits
 from .models import save_model
-from ..training import resolve_device
+from ..training import memory_format, resolve_device
 
 
 @dataclass
@@ -129,7 +129,8 @@ def train_model(model: torch.nn.Module, plan: EpochPlan, val: PairPool | dict[st
     if done.exists() and all((folder / model_folder(p, select) / "config.json").exists() for p in pools):
         return json.loads(done.read_text())
     device = str(resolve_device(settings.device))
-    model.to(device)
+    layout = memory_format(device)
+    model.to(device, memory_format=layout)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     loss_fn = dice_loss()
     start, log, seconds = 0, [], 0.0
@@ -160,7 +161,7 @@ def train_model(model: torch.nn.Module, plan: EpochPlan, val: PairPool | dict[st
         for x, y in loader:
             if len(x) < 2:          # BatchNorm cannot train on a single sample; only a trailing one
                 continue
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device, non_blocking=True, memory_format=layout), y.to(device, non_blocking=True)
             optimiser.zero_grad(set_to_none=True)
             loss = loss_fn(predict_logits(model, x), y)
             loss.backward()
