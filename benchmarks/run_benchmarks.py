@@ -1,6 +1,6 @@
 """Run every benchmark and write one record: ``results/summary.json`` and ``results/SUMMARY.md``.
 
-    python benchmarks/run_benchmarks.py                 # all quick ones (about 15 min on 2 cores)
+    python benchmarks/run_benchmarks.py                 # all quick ones (about 17 min on 2 cores)
     python benchmarks/run_benchmarks.py --with-study    # also the whole smoke and course studies and the
                                                         # learned-vs-fixed sigma comparison (+80 min)
     python benchmarks/run_benchmarks.py --only ddpm_train metrics
@@ -21,7 +21,7 @@ from pathlib import Path
 from record import RESULTS, machine, write_record
 
 HERE = Path(__file__).resolve().parent
-QUICK = ["phantom", "ddpm_train", "sampling", "metrics", "min_images", "segmentation"]
+QUICK = ["phantom", "ddpm_train", "cpu_layout", "sampling", "metrics", "min_images", "segmentation"]
 STUDY = ["study_smoke", "study_course", "variance", "style"]
 #: run on a GPU machine (its reference point is hours on a CPU); summarised whenever its record exists
 GPU = ["inpaint_budget"]
@@ -47,6 +47,9 @@ def headline(name: str, rec: dict) -> list[str]:
             out.append(f"matmul peak {rec['matmul_peak_gflops']} GFLOP/s; {rec['flops_per_train_step'] / 1e9:.1f} "
                        f"GFLOP per step; fraction of peak {rec['fraction_of_peak']}")
         return out
+    if name == "cpu_layout":
+        return [f"{m} training step on the CPU vs fp32 in the default layout: " + ", ".join(f"{v} {x}x" for v, x in mv.items())
+                + f" (trainer uses {rec['trainers_use'][m]})" for m, mv in rec["speedup_vs_fp32_default_layout"].items()]
     if name == "sampling":
         return [f"sampling {r['method']}: {r['seconds_per_pair']} s and {r['nfe_per_pair']} UNet evaluations per pair"
                 for r in rec.get("results", [])]

@@ -139,22 +139,41 @@ def test_a_finished_model_is_reused_and_only_weight_settings_change_its_key(unin
     assert model_key(same_but_bookkeeping.cfg, ids, 1) == model_key(run.cfg, ids, 1)
 
 
-def test_auto_precision_rules_of_the_two_trainers(monkeypatch):
-    """``auto``: the DDPM may pick fp16 (older GPUs) and CPU bf16; the GAN neither (its R1 penalty under a
-    loss scaler; CPU autocast slower for its small convolutions). Set values are kept as they are."""
+def test_auto_precision_rules_of_the_two_trainers(monkeypatch, tmp_path):
+    """``auto``: the DDPM may pick fp16 (older GPUs); the GAN never does (its R1 penalty under a loss
+    scaler). Both pick bf16 on a CPU with native bf16, where the GAN also trains channels-last
+    (benchmarks/bench_cpu_layout.py: 1.96x per step). Set values are kept as they are."""
     import polyplib.training as training
-    from polyplib.training import resolve_mixed_precision as resolve
+    from polyplib.gan.train import make_gan_accelerator
+    from polyplib.training import memory_format, resolve_mixed_precision as resolve
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    gan_rules = {"fp16": False, "cpu_bf16": False}
+    cfg = make_run(tmp_path / "auto", ["gan.mixed_precision=auto", "run.device=cpu"]).cfg
     for bf16 in (True, False):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
         monkeypatch.setattr(training, "cpu_has_bf16", lambda: bf16)
         assert resolve("auto", cuda) == ("bf16" if bf16 else "fp16")
-        assert resolve("auto", cuda, **gan_rules) == ("bf16" if bf16 else "no")
+        assert resolve("auto", cuda, fp16=False) == ("bf16" if bf16 else "no")
         assert resolve("auto", cpu) == ("bf16" if bf16 else "no")
-        assert resolve("auto", cpu, **gan_rules) == "no"
-    assert resolve("fp16", cpu, **gan_rules) == "fp16"
+        assert make_gan_accelerator(cfg).mixed_precision == ("bf16" if bf16 else "no")
+    assert resolve("fp16", cpu, fp16=False) == "fp16"
+    assert memory_format("cpu") == torch.channels_last and memory_format("cuda") == torch.contiguous_format
+
+
+def test_the_gan_trains_channels_last_on_the_cpu_and_saves_the_default_layout(tmp_path):
+    from safetensors.torch import load_file
+
+    from polyplib.data.prepared import load_dataset
+    from polyplib.gan.train import GanTrainer
+
+    run = make_run(tmp_path / "layout", ["gan.max_steps=2", "gan.checkpoint_every=1"])
+    trainer = GanTrainer(run.cfg, load_dataset(run), load_dataset(run).ids("train"), run.path("models", "gan"))
+    trainer.run(stop_after=1)
+    convs = [m.weight for m in trainer.d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
+    trainer.run()
+    saved = load_file(str(run.path("models", "gan", "discriminator.safetensors")))
+    assert all(t.is_contiguous() for t in saved.values())
 
 
 # ----------------------------------------------------------------------------- DiffAugment

@@ -237,3 +237,25 @@ def test_models_build_save_and_reload_offline(tmp_path):
     other = build_model("fpn", "tu-efficientnet_lite0", str(tmp_path / "m" / "model.safetensors"))
     assert all(torch.equal(a, b) for a, b in zip(other.encoder.state_dict().values(),
                                                   model.encoder.state_dict().values()))
+
+
+def test_a_channels_last_model_saves_in_the_default_layout_and_reloads_equal(tmp_path):
+    """CPU training runs channels-last (training.memory_format); safetensors writes only contiguous
+    tensors, so save_model writes the default layout and gives the model its layout back."""
+    import torch
+
+    from polyplib.segmentation.models import build_model, load_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model("unet", "tu-efficientnet_lite0", None).eval().to(memory_format=torch.channels_last)
+    params = list(model.parameters())
+    save_model(model, tmp_path / "m")
+    assert all(a is b for a, b in zip(params, model.parameters()))
+    conv = next(m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    loaded = load_model(tmp_path / "m").eval()
+    state = model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())     # the same weights, exactly
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():     # the two layouts run different kernels: equal up to float rounding
+        assert torch.allclose(loaded(x), model(x), atol=1e-4, rtol=1e-4)
