@@ -35,8 +35,10 @@ os.environ["POLYP_TEXT_PROGRESS"] = "1"
 from polyplib import differences  # noqa: E402
 from polyplib.config import load_config, profiles  # noqa: E402
 from polyplib.errors import ConfigError, PolypError  # noqa: E402
+from polyplib.preflight import absolute_paths, preflight  # noqa: E402
 from polyplib.runs import PROJECT_ROOT, Run, atomic_write_json, device_info, git_state, package_versions  # noqa: E402
 from polyplib.report import write_report  # noqa: E402
+from polyplib.runlock import run_folder_lock  # noqa: E402
 from polyplib.sampling.feature_nets import missing_reason  # noqa: E402
 from polyplib.stages import STAGES, Stage, stage_keys  # noqa: E402
 
@@ -281,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.profile, args.overrides)  # validates everything before any work
         selected = select(STAGES, args.only, args.start)
+        resolved = absolute_paths(cfg)   # the kernels run in notebooks/: paths reach them resolved
+        if resolved:
+            args.overrides = [*args.overrides, *resolved]
+            cfg = load_config(args.profile, args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -296,14 +302,28 @@ def main(argv: list[str] | None = None) -> int:
             reads = f"; reads {', '.join(s.upstream)}" if s.upstream else ""
             print(f"{s.id} {s.name:<14} notebooks/{s.notebook:<30} {state:<7} depends on {', '.join(s.depends_on)}{reads}")
         return 0
+    try:
+        with run_folder_lock(run.dir, note=lambda text: print(text, flush=True)):
+            return study(run, selected, args)
+    except PolypError as exc:        # RunFolderBusy: another run holds the folder
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
+
+def study(run: Run, selected: list[Stage], args: argparse.Namespace) -> int:
+    """The stages of one call, in a run folder this call holds: preflight, notebooks, report."""
+    cfg = run.cfg
+    problems = preflight(cfg, run.dir, data=any(s.id == "01" for s in selected) and not run.stage("01").is_done())
     chosen = {s.id for s in selected}
     for s in selected:  # stages whose artefacts the selection reads must be finished for this config
         for up in s.upstream:
             if up not in chosen and not run.stage(up).is_done():
-                print(f"error: stage {s.id} ({s.name}) reads the results of stage {up}, which has none for this "
-                      f"configuration in {run.dir}; run it first (e.g. --from {up})", file=sys.stderr)
-                return 2
+                problems.append(f"stage {s.id} ({s.name}) reads the results of stage {up}, which has none for "
+                                f"this configuration in {run.dir}; run it first (e.g. --from {up})")
+    for problem in dict.fromkeys(problems):
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
 
     try:
         run.save_config()

@@ -36,6 +36,9 @@ class RunSection(Section):
     torch_threads: int = Field(0, ge=0, description="torch CPU threads of every stage; 0 = torch's default (one per "
                                "core). On a busy shared CPU, 1 is often several times faster")
     notebook_timeout_s: int = Field(4 * 3600, ge=10, description="papermill per-cell timeout")
+    disk_gb: float = Field(450.0, ge=0, description="free disk the run folder needs; run_all.py stops before any "
+                           "kernel starts when less is free. The paper's: 21 DDPMs of 548 M parameters, each "
+                           "2.2 GB of EMA weights plus 2 checkpoints of 8.8 GB (weights, EMA, Adam's two moments)")
     progress: bool = True
 
 

@@ -153,8 +153,8 @@ def ema(cfg, ctx: Context) -> Line:
 
 
 def precision(cfg, ctx: Context) -> Line:
-    auto = ("bf16 autocast where the GPU or the CPU has native bf16, else fp16 on a GPU and fp32 on a CPU"
-            if cfg.ddpm.mixed_precision == "auto" else "")
+    auto = ("bf16 autocast where the GPU or the CPU has native bf16, else fp16 on a GPU and fp32 on a CPU, "
+            "in training and in sampling" if cfg.ddpm.mixed_precision == "auto" else "")
     return _keyed("Precision", cfg, ["ddpm.mixed_precision"], "fp16 mixed precision", auto)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 
+from .plots import show_figures_compactly
 from .runs import Run, open_run, package_versions
 
 
@@ -22,9 +23,11 @@ def seed_everything(seed: int) -> None:
 
 def setup(profile: str = "smoke", overrides: list[str] | tuple[str, ...] = (), run_dir: str = "",
           stage: str | None = None) -> Run:
-    """Open the run folder for this profile and print the configuration the stage depends on."""
+    """Open the run folder for this profile, show figures compactly (plots.inline_png) and print the
+    configuration the stage depends on."""
     run = open_run(profile, overrides, run_dir or None)
     seed_everything(0)
+    show_figures_compactly()
     versions = package_versions()
     print(f"profile: {run.cfg.profile}   run folder: {run.dir}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()

@@ -120,6 +120,23 @@ def test_first_run_executes_every_notebook(smoke):
     assert "ran" in proc.stdout and "total" in proc.stdout
 
 
+def test_each_executed_notebook_is_at_most_2_mb_and_shows_its_figures_as_png_only(smoke):
+    """Figures are stored once, as PNG (plots.inline_png); the figures folder keeps PNG and SVG."""
+    from PIL import Image
+    import base64
+    import io
+
+    for stage in STAGES:
+        path = smoke[0] / "run" / "notebooks" / stage.notebook
+        assert path.stat().st_size <= 2_000_000, (stage.notebook, path.stat().st_size)
+        outputs = [o for c in json.loads(path.read_text())["cells"] for o in c.get("outputs", [])]
+        images = [o["data"] for o in outputs if any(k.startswith("image/") for k in o.get("data", {}))]
+        assert all({k for k in d if k.startswith(("image/", "application/pdf"))} == {"image/png"} for d in images)
+        for data in images:
+            width = Image.open(io.BytesIO(base64.b64decode(data["image/png"]))).width
+            assert 100 < width < 1400, (stage.notebook, width)      # drawn at 72 dpi, not a thumbnail
+
+
 def _silences(chunks: list[tuple[float, str]]) -> dict[str, float]:
     """Per stage, the longest time the terminal received nothing while the stage's notebook ran
     (from its start line to its end line)."""
@@ -287,12 +304,18 @@ def test_bad_arguments_fail_before_any_work(tmp_path, args, needle):
 
 
 def test_failing_notebook_is_named_with_its_cell_and_kept(tmp_path):
+    mine = tmp_path / "data" / "mine"       # lists as pairs (the preflight passes); one image cannot be decoded
+    for sub in ("images", "masks"):
+        (mine / sub).mkdir(parents=True)
+    for i in range(3):
+        (mine / "images" / f"f{i}.png").write_bytes(b"not a PNG")
+        (mine / "masks" / f"f{i}.png").write_bytes(b"not a PNG either")
     proc, _ = run_all("--profile", "smoke", "--run-dir", str(tmp_path / "run"), "--figures-dir", str(tmp_path / "f"),
-                      "--set", "data.source=real", "--set", "data.train=kvasir-seg",
-                      "--set", f"data.root={tmp_path / 'nothing'}")
+                      "--set", "data.source=real", "--set", "data.train=mine", "--set", "data.datasets={mine: mine}",
+                      "--set", f"data.root={tmp_path / 'data'}")
     assert proc.returncode == 1
     assert "notebooks/01_data_prep.ipynb failed in cell" in proc.stderr and "DataError" in proc.stderr
-    assert "Kvasir-SEG" in proc.stderr
+    assert str(mine) in proc.stderr and "KeyboardInterrupt" not in proc.stderr
     kept = tmp_path / "run" / "notebooks" / "01_data_prep.ipynb"
     assert kept.exists() and "partially executed copy kept at" in proc.stderr
     meta = json.loads((tmp_path / "run" / "run_meta.json").read_text())

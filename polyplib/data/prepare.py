@@ -113,14 +113,21 @@ def _prepare_one(pair: Pair, size: int, policy: str, images: Path, masks: Path) 
             "source_mask": str(pair.mask), "empty": not bool(mask.any()), **stats}
 
 
-def prepare_source(source: Source, dest: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, dict]:
-    """Read, check, measure and resize every pair of one data set into ``dest``."""
+def source_pairs(source: Source) -> tuple[list[Pair], str]:
+    """The image/mask pairs of one data set and the layout they were read with; DataError naming the
+    folder when it is empty, of no known layout, or holds an image without its mask. Lists files only
+    (no image is decoded), so run_all.py's preflight calls it before any kernel starts."""
     layouts = [detect_layout(source.folder) if lay == "auto" else lay for lay in source.layouts]
     pairs = [p for lay in layouts for p in find_pairs(source.folder, lay)
              if source.subsets is None or p.subset in source.subsets or (p.subset == "" and source.role == "train")]
     if not pairs:
         raise DataError(source.folder, f"no pairs of sub-sets {', '.join(source.subsets or ())} found")
-    layout = "+".join(layouts)
+    return pairs, "+".join(layouts)
+
+
+def prepare_source(source: Source, dest: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, dict]:
+    """Read, check, measure and resize every pair of one data set into ``dest``."""
+    pairs, layout = source_pairs(source)
     images, masks = dest / "images", dest / "masks"
     images.mkdir(parents=True)
     masks.mkdir(parents=True)

@@ -112,11 +112,39 @@ def model_dir(run, name: str) -> Path:
     return models_root(run) / name
 
 
-def load_pipeline(folder: str | Path, device: str | torch.device = "cpu"):
-    """A saved model folder (``save_pretrained``) as a DDPMPipeline on ``device``."""
+def load_pipeline(folder: str | Path, device: str | torch.device = "cpu", mixed_precision: str = "no"):
+    """A saved model folder (``save_pretrained``) as a DDPMPipeline on ``device``, its UNet run in
+    ``mixed_precision`` (a ``ddpm.mixed_precision`` setting: :func:`run_in_precision`)."""
     from diffusers import DDPMPipeline
 
     folder = Path(folder)
     if not (folder / "model_index.json").exists():
         raise StageError(f"{folder}: not a finished DDPM folder (no model_index.json); train it first")
-    return DDPMPipeline.from_pretrained(str(folder)).to(device)
+    pipe = DDPMPipeline.from_pretrained(str(folder)).to(device)
+    run_in_precision(pipe.unet, mixed_precision)
+    return pipe
+
+
+def run_in_precision(unet, mixed_precision: str):
+    """Run ``unet``'s forward under autocast and hand its outputs back in fp32, as accelerate does for
+    a prepared model; the sampler's chain arithmetic stays fp32. ``mixed_precision`` is a
+    ``ddpm.mixed_precision`` setting (``auto``: bf16 on GPUs and CPUs that have it), so a model samples
+    in the precision it trained in, as the authors' guided-diffusion ran its UNet in fp16 for both.
+    On a 2-core CPU with native bf16 the course UNet's forward is 1.7x (batch 8) to 2.2x (batch 32)
+    faster. Returns the (changed) ``unet``."""
+    from accelerate.utils import convert_outputs_to_fp32
+
+    from ..training import resolve_mixed_precision
+
+    precision = resolve_mixed_precision(mixed_precision, unet.device)
+    if precision == "no":
+        return unet
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    forward, device_type = unet.forward, unet.device.type
+
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast(device_type, dtype=dtype):
+            return forward(*args, **kwargs)
+
+    unet.forward = convert_outputs_to_fp32(autocast_forward)
+    return unet

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..diffusion.model import model_dir, models_root, variance_ablation
+from ..diffusion.model import model_dir, models_root, run_in_precision, variance_ablation
 from ..errors import StageError
 from ..runs import Run, atomic_write_json
 from .postprocess import PostProcess, clean_mask, dilate, judge, scaled_px
@@ -157,7 +157,8 @@ def _load_model(run: Run, name: str, device: str):
     if not (folder / "unet").is_dir() or not (folder / "scheduler").is_dir():
         raise StageError(f"{folder}: no trained model '{name}' (unet/ + scheduler/); run stage 02 "
                          "(python run_all.py --only 02)")
-    unet = UNet2DModel.from_pretrained(folder, subfolder="unet").to(device).eval()
+    unet = run_in_precision(UNet2DModel.from_pretrained(folder, subfolder="unet").to(device).eval(),
+                            run.cfg.ddpm.mixed_precision)
     scheduler_config = dict(DDPMScheduler.from_pretrained(folder, subfolder="scheduler").config)
     size = unet.config.sample_size
     size = size if isinstance(size, int) else size[0]
