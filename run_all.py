@@ -97,6 +97,7 @@ def execute(stage: Stage, run: Run, args: argparse.Namespace, display: "StageDis
             str(source), str(target), parameters=params, kernel_name=args.kernel,
             cwd=str(NOTEBOOKS), execution_timeout=run.cfg.run.notebook_timeout_s,
             progress_bar=False, request_save_on_cell_execute=True, config=kernel_config(),
+            coalesce_streams=True,     # a cell's stream output saved as its final text, not every bar redraw
             stdout_file=display, stderr_file=display,
             on_notebook_start=display.notebook_start, on_cell_execute=display.cell_start,
         )

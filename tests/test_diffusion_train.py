@@ -236,6 +236,7 @@ def test_compare_variance_trains_a_fixed_sigma_full_model_alike(tiny_run, tmp_pa
     assert "full-diff-fixed-sigma" in planned_methods(run.cfg) and "full-diff-fixed-sigma" not in planned_methods(off)
 
 
+@pytest.mark.slow   # the README's `accelerate launch --num_processes 4` promise; CI's second call runs it
 def test_two_processes_train_data_parallel_with_identical_weights(tiny_run, tmp_path):
     """accelerate launch with 2 CPU processes (gloo): killed, resumed, and every rank ends identical."""
     from polyplib.diffusion.train import train_one
@@ -291,6 +292,7 @@ def _mask_quality(folder, target):
     return np.array(iou), np.array(stable), masks
 
 
+@pytest.mark.slow   # 400 training steps: that the trainer learns an image and its mask; CI's second call runs it
 def test_a_model_overfit_to_one_pair_generates_clean_masks_of_that_pair(ddpm_run, tmp_path):
     """The mask channel of the reloaded pipeline's samples binarises cleanly and matches the pair.
 

@@ -204,3 +204,26 @@ def test_paper_assignment_needs_the_paper_images(tiny_run):
     table = paper_clusters()
     stems = [name.rsplit(".", 1)[0] for name in table["image"][:5]]
     assert paper_labels(stems, 10).tolist() == table["cluster_k10"][:5].tolist()
+
+
+def test_a_model_samples_in_the_precision_it_trained_in_with_fp32_outputs(monkeypatch):
+    """run_in_precision: bf16 autocast inside the UNet (its convolutions in bf16), fp32 out; 'no' and a
+    CPU without native bf16 leave the UNet exactly as it was."""
+    from polyplib import training
+    from polyplib.diffusion.model import build_unet, run_in_precision
+
+    cfg = load_config("smoke")
+    x, t = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 90])
+    unet = build_unet(cfg.ddpm, 32, seed=0).eval()
+    with torch.no_grad():
+        reference = unet(x, t).sample
+        assert torch.equal(run_in_precision(unet, "no")(x, t).sample, reference)
+        monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+        assert torch.equal(run_in_precision(unet, "auto")(x, t).sample, reference)
+        out = run_in_precision(unet, "bf16")(x, t).sample
+    assert out.dtype == torch.float32 and not torch.equal(out, reference)       # computed in bf16 ...
+    assert float((out - reference).norm() / reference.norm()) < 0.05            # ... and close to fp32
+    bf16_conv = torch.nn.functional.conv2d(x.bfloat16(), unet.conv_in.weight.bfloat16(), unet.conv_in.bias.bfloat16(),
+                                           padding=1).float()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(unet.conv_in(x).float(), bf16_conv)       # what autocast does inside the forward

@@ -17,9 +17,7 @@ from polyplib.config import load_config
 from polyplib.preflight import absolute_paths, preflight
 from polyplib.runlock import HOLDER_FILE, LOCK_FILE, RunFolderBusy, run_folder_lock
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--profile", "smoke", "--only", "01", "--set", "data.phantom.n_source=40", "--set", "data.phantom.n_target=12",
-        "--set", "data.split.n_train=24", "--set", "data.split.n_test=10", "--set", "data.resolution=32"]
+from test_run_all import ROOT, TINY     # stage 01 of a tiny phantom: a run of about 10 s
 KERNEL_TRACES = ("[01]", "IPKernelApp", "kernel", "Traceback")
 
 
