@@ -6,7 +6,8 @@
 Runs ``run_all.py`` as a user does (a fresh run folder under a temporary directory, or ``--run-dir``),
 then records per-stage seconds (from the run's run_meta.json), total wall time, the peak resident
 memory of the largest process (the notebook kernels and run_all; Linux ``ru_maxrss`` of the
-children), and the machine's load average before and after, in ``results/study_<profile>.json``.
+children), each notebook's slowest cells, and the machine's load average before and after, in
+``results/study_<profile>.json``.
 """
 from __future__ import annotations
 
@@ -47,6 +48,24 @@ def key_results(run_dir: Path) -> dict:
     return out
 
 
+def slowest_cells(run_dir: Path, n: int = 3) -> dict[str, list[dict]]:
+    """Per executed notebook, its ``n`` slowest cells (papermill's per-cell seconds) and what they call:
+    where a stage's time goes."""
+    out = {}
+    for path in sorted((run_dir / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        timed = []
+        for index, cell in enumerate(cells):
+            seconds = cell.get("metadata", {}).get("papermill", {}).get("duration")
+            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            calls = [line.strip() for line in source.splitlines()
+                     if line.strip() and not line.lstrip().startswith(("#", "import ", "from "))]
+            if seconds is not None and calls:
+                timed.append({"cell": index, "seconds": round(seconds, 1), "code": calls[0][:100]})
+        out[path.name] = sorted(timed, key=lambda c: -c["seconds"])[:n]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="course")
@@ -66,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         meta = json.loads((run_dir / "run_meta.json").read_text())
         results = key_results(run_dir)
+        cells = slowest_cells(run_dir)
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     record = {
         "benchmark": f"whole study, profile {args.profile}", "command": " ".join(cmd[1:]),
@@ -74,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mib_largest_process": round(peak_kib / 1024, 1),
         "stages": [{"stage": s["stage"], "notebook": s["notebook"], "status": s["status"],
                     "seconds": s["seconds"]} for s in meta["stages"]],
+        "slowest_cells": cells,
         "key_results": results,
         "note": "per-stage seconds include kernel start-up (~2 s); on a shared machine compare with the load average",
     }

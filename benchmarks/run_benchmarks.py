@@ -3,6 +3,7 @@
     python benchmarks/run_benchmarks.py                 # all quick ones (about 17 min on 2 cores)
     python benchmarks/run_benchmarks.py --with-study    # also the whole smoke and course studies and the
                                                         # learned-vs-fixed sigma comparison (+80 min)
+    python benchmarks/run_benchmarks.py --with-tests    # also the test suite and CI from a fresh clone (+40 min)
     python benchmarks/run_benchmarks.py --only ddpm_train metrics
 
 Each benchmark is its own script (run on its own too) and writes ``results/<name>.json``; this runner
@@ -25,11 +26,15 @@ QUICK = ["phantom", "ddpm_train", "cpu_layout", "sampling", "metrics", "min_imag
 STUDY = ["study_smoke", "study_course", "variance", "style"]
 #: run on a GPU machine (its reference point is hours on a CPU); summarised whenever its record exists
 GPU = ["inpaint_budget"]
+#: the README's test command and CI's script, each from a fresh clone of HEAD (--with-tests)
+SUITE = ["tests", "ci"]
 
 
 def _command(name: str) -> list[str]:
     if name.startswith("study_"):
         return [sys.executable, str(HERE / "bench_study.py"), "--profile", name.split("_", 1)[1]]
+    if name in SUITE:
+        return [sys.executable, str(HERE / "bench_tests.py")] + (["--ci"] if name == "ci" else [])
     return [sys.executable, str(HERE / f"bench_{name}.py")]
 
 
@@ -81,6 +86,9 @@ def headline(name: str, rec: dict) -> list[str]:
                 f"{1000 * r['kid_minus_reference']:.2f} [{1000 * r['diff_lo']:.2f}, {1000 * r['diff_hi']:.2f}]"
                 for r in rec.get("points", []) if r.get("status") == "ok"] + [
                 f"cheapest indistinguishable from the reference: {best.get('method', 'none')}"]
+    if name in SUITE:
+        return [f"{rec['benchmark']}: {rec['wall_min']} min (goal {rec['goal_min']} min), exit {rec['returncode']}; "
+                + "; ".join(r["result"] for r in rec.get("pytest_runs", []))]
     if name.startswith("study_"):
         return [f"{rec['benchmark']}: {rec['wall_min']} min, peak RSS {rec['peak_rss_mib_largest_process']} MiB; "
                 + ", ".join(f"{s['stage']} {s['seconds'] / 60:.1f} min" for s in rec.get("stages", []))]
@@ -89,19 +97,21 @@ def headline(name: str, rec: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", default=None, help=f"names among {QUICK + STUDY + GPU}")
+    ap.add_argument("--only", nargs="*", default=None, help=f"names among {QUICK + STUDY + SUITE + GPU}")
     ap.add_argument("--with-study", action="store_true", help="also time the whole smoke and course studies, "
                     "run the learned-vs-fixed sigma comparison and time the Styled-Diff pass")
+    ap.add_argument("--with-tests", action="store_true", help="also time the test suite and CI's script from a "
+                    "fresh clone of HEAD (about 10 and 30 min)")
     ap.add_argument("--collect-only", action="store_true", help="rerun nothing; summarise the records there are")
     args = ap.parse_args(argv)
-    names = args.only or (QUICK + (STUDY if args.with_study else []))
+    names = args.only or (QUICK + (STUDY if args.with_study else []) + (SUITE if args.with_tests else []))
     ran = {}
     for name in [] if args.collect_only else names:
         print(f"== {name}: {' '.join(_command(name)[1:])}", flush=True)
         t0 = time.time()
         ran[name] = {"returncode": subprocess.call(_command(name)), "seconds": round(time.time() - t0, 1)}
     records = {}
-    for name in QUICK + STUDY + GPU:
+    for name in QUICK + STUDY + SUITE + GPU:
         path = RESULTS / f"{name}.json"
         if path.exists():
             records[name] = json.loads(path.read_text())
