@@ -35,11 +35,10 @@ os.environ["POLYP_TEXT_PROGRESS"] = "1"
 from polyplib import differences  # noqa: E402
 from polyplib.config import load_config, profiles  # noqa: E402
 from polyplib.errors import ConfigError, PolypError  # noqa: E402
-from polyplib.preflight import absolute_paths, preflight  # noqa: E402
+from polyplib.preflight import absolute_paths, data_root_environment, preflight  # noqa: E402
 from polyplib.runs import PROJECT_ROOT, Run, atomic_write_json, device_info, git_state, package_versions  # noqa: E402
 from polyplib.report import write_report  # noqa: E402
 from polyplib.runlock import run_folder_lock  # noqa: E402
-from polyplib.sampling.feature_nets import missing_reason  # noqa: E402
 from polyplib.stages import STAGES, Stage, stage_keys  # noqa: E402
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -288,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         if resolved:
             args.overrides = [*args.overrides, *resolved]
             cfg = load_config(args.profile, args.overrides)
+        os.environ.update(data_root_environment(cfg))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -339,6 +339,8 @@ def study(run: Run, selected: list[Stage], args: argparse.Namespace) -> int:
     }
     rows, code = [], 0
     if any(s.id == "03" for s in selected) and cfg.sampling.style.guided:
+        from polyplib.sampling.feature_nets import missing_reason   # imports torch: not before the checks
+
         reason = missing_reason(cfg.sampling.style)
         if reason:   # said once, up front: the run goes on without the set, nothing is made under its name
             print(f"note: Styled-Diff will be reported absent: {reason}", flush=True)

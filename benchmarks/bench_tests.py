@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ci:   # .ci/run installed the clone in editable mode: point the install back at this checkout
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT)], check=True)
     out = proc.stdout
-    sys.stdout.write(out[-3000:])
+    sys.stdout.write(out)
     summaries = [{"result": m[1], "pytest_seconds": float(m[2])} for m in SUMMARY.finditer(out)]
     slowest = sorted(((float(s), phase, test) for s, phase, test in DURATION.findall(out)), reverse=True)[:15]
     record = {

@@ -28,21 +28,25 @@ NOT_A_PATH = {"imagenet"}
 
 
 def absolute_paths(cfg: StudyConfig, cwd: Path | None = None) -> list[str]:
-    """``--set`` overrides that make every relative path of the configuration absolute, from ``cwd``.
+    """``--set`` overrides that make every relative path the configuration names absolute, from ``cwd``.
 
-    The notebooks run in notebooks/, so a path a user typed relative to the shell they started
-    run_all.py in must reach them resolved; the default data root (``./data``) included."""
+    The notebooks run in notebooks/, so a path typed relative to the shell that started run_all.py
+    must reach them resolved. (The data root taken from $POLYP_DATA or ``./data`` reaches them as
+    an absolute $POLYP_DATA instead: :func:`data_root_environment`.)"""
     cwd = Path(cwd or os.getcwd())
     out = []
-    for key in WEIGHTS:
+    for key in (*WEIGHTS, "data.root"):
         value = cfg.section(key)
         if value and value not in NOT_A_PATH and not Path(value).expanduser().is_absolute():
             out.append(f"{key}={(cwd / Path(value).expanduser()).resolve()}")
-    if cfg.data.source == "real":
-        root = Path(cfg.data.root or os.environ.get("POLYP_DATA") or "data").expanduser()
-        if not root.is_absolute():
-            out.append(f"data.root={(cwd / root).resolve()}")
     return out
+
+
+def data_root_environment(cfg: StudyConfig) -> dict[str, str]:
+    """$POLYP_DATA for the notebook kernels: the data root as this process resolves it (``data.root``,
+    else $POLYP_DATA, else ./data from the current folder), absolute. Passed by the environment, not
+    the configuration, so that stage keys stay what they were."""
+    return {"POLYP_DATA": str(data_root(cfg))} if cfg.data.source == "real" and not cfg.data.root else {}
 
 
 def check_weights(cfg: StudyConfig) -> list[str]:

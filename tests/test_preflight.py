@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from polyplib.config import load_config
-from polyplib.preflight import absolute_paths, preflight
+from polyplib.preflight import absolute_paths, data_root_environment, preflight
 from polyplib.runlock import HOLDER_FILE, LOCK_FILE, RunFolderBusy, run_folder_lock
 
 from test_run_all import ROOT, TINY     # stage 01 of a tiny phantom: a run of about 10 s
@@ -47,7 +47,8 @@ def wait_for_holder(run: Path, proc: subprocess.Popen, timeout: float = 120) -> 
 # ----------------------------------------------------------------------------- one run per folder
 def test_a_second_run_on_a_folder_in_use_stops_at_once_naming_the_holder(tmp_path):
     run = tmp_path / "run"
-    first = start_run_all(*TINY, "--run-dir", str(run), "--figures-dir", str(tmp_path / "f"))
+    first = start_run_all(*TINY, "--run-dir", str(run), "--figures-dir", str(tmp_path / "f"),   # one core each
+                          "--set", "run.workers=1", "--set", "run.torch_threads=1")
     try:
         who = wait_for_holder(run, first)
         assert who["pid"] == first.pid and who["host"] == socket.gethostname()
@@ -139,7 +140,7 @@ def test_every_problem_is_listed_at_once(tmp_path):
     assert preflight(cfg, tmp_path / "run", data=False) == problems[:3]    # stage 01 not to run: no data read
 
 
-def test_a_valid_real_data_set_passes_and_relative_paths_reach_the_notebooks_resolved(tmp_path):
+def test_a_valid_real_data_set_passes_and_relative_paths_reach_the_notebooks_resolved(tmp_path, monkeypatch):
     mine = tmp_path / "data" / "mine"
     for sub in ("images", "masks"):
         (mine / sub).mkdir(parents=True)
@@ -152,5 +153,11 @@ def test_a_valid_real_data_set_passes_and_relative_paths_reach_the_notebooks_res
     assert resolved == [f"segmentation.encoder_weights={tmp_path / 'enc.pth'}", f"data.root={tmp_path / 'data'}"]
     cfg = load_config("smoke", ["data.source=real", "data.train=mine", "data.datasets={mine: mine}", *resolved])
     (tmp_path / "enc.pth").write_bytes(b"weights")
-    assert preflight(cfg, tmp_path) == []
+    assert preflight(cfg, tmp_path) == [] and data_root_environment(cfg) == {}
     assert absolute_paths(load_config("smoke"), cwd=tmp_path) == []     # the phantom names no path
+    # no data.root: $POLYP_DATA (or ./data) reaches the kernels resolved, and the stage keys stay as they were
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POLYP_DATA", "data")
+    plain = load_config("smoke", ["data.source=real", "data.train=mine", "data.datasets={mine: mine}"])
+    assert absolute_paths(plain) == [] and data_root_environment(plain) == {"POLYP_DATA": str(tmp_path / "data")}
+    assert preflight(plain, tmp_path) == []
