@@ -2,6 +2,7 @@
 and the preflight (missing data root, empty data folder, missing weights file: one error line each)."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -47,8 +48,8 @@ def wait_for_holder(run: Path, proc: subprocess.Popen, timeout: float = 120) -> 
 # ----------------------------------------------------------------------------- one run per folder
 def test_a_second_run_on_a_folder_in_use_stops_at_once_naming_the_holder(tmp_path):
     run = tmp_path / "run"
-    first = start_run_all(*TINY, "--run-dir", str(run), "--figures-dir", str(tmp_path / "f"),   # one core each
-                          "--set", "run.workers=1", "--set", "run.torch_threads=1")
+    first = start_run_all(*TINY, "--run-dir", str(run), "--figures-dir", str(tmp_path / "f"), "--quiet",
+                          "--set", "run.workers=1", "--set", "run.torch_threads=1")    # one core each
     try:
         who = wait_for_holder(run, first)
         assert who["pid"] == first.pid and who["host"] == socket.gethostname()
@@ -62,6 +63,10 @@ def test_a_second_run_on_a_folder_in_use_stops_at_once_naming_the_holder(tmp_pat
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err          # the holder was not disturbed
     assert not (run / HOLDER_FILE).exists()    # released on exit
+    lines = [line for line in out.splitlines() if line.strip()]     # --quiet: the stage's start and end only
+    assert lines[0] == "[01] Data preparation: notebooks/01_data_prep.ipynb"
+    assert re.fullmatch(r"\[01\] ran in [\d.]+ s", lines[1]) and lines[2].split() == ["stage", "notebook", "status", "seconds"]
+    assert not any(line.startswith("[01]") for line in lines[2:])
 
 
 def test_a_run_killed_with_kill_9_blocks_nothing_and_the_next_says_it_took_over(tmp_path):

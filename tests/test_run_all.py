@@ -174,7 +174,7 @@ TINY = ["--profile", "smoke", "--only", "01", "--set", "data.phantom.n_source=40
         "--set", "data.split.n_train=24", "--set", "data.split.n_test=10", "--set", "data.resolution=32"]
 
 
-def test_a_log_gets_a_progress_line_every_log_every_seconds_and_quiet_only_start_and_end(tmp_path):
+def test_a_log_gets_a_progress_line_every_log_every_seconds(tmp_path):
     args = [*TINY, "--run-dir", str(tmp_path / "run"), "--figures-dir", str(tmp_path / "f")]
     proc, _ = run_all(*args, "--log-every", "2")
     assert proc.returncode == 0, proc.stderr
@@ -187,13 +187,7 @@ def test_a_log_gets_a_progress_line_every_log_every_seconds_and_quiet_only_start
     assert len(clocks) <= float(end[1]) / 2 + 1 and all(b - a >= 1 for a, b in zip(clocks, clocks[1:])), lines
     assert any(re.search(r"cell \d+/\d+: ", line) for line in lines[1:-1])
     assert "without encryption" not in proc.stderr
-
-    quiet, _ = run_all(*args, "--quiet", "--force")
-    assert quiet.returncode == 0, quiet.stderr
-    lines = [line for line in quiet.stdout.splitlines() if line.strip()]
-    assert lines[0] == "[01] Data preparation: notebooks/01_data_prep.ipynb"
-    assert re.fullmatch(r"\[01\] ran in [\d.]+ s", lines[1]) and lines[2].split() == ["stage", "notebook", "status", "seconds"]
-    assert not any(line.startswith("[01]") for line in lines[2:])
+    # --quiet (only each stage's start and end, then the summary): test_preflight.py, whose lock holder runs so
 
 
 def _executed_notebooks(run: Path) -> dict[str, bytes]:
