@@ -27,6 +27,14 @@ WEIGHTS = {
 NOT_A_PATH = {"imagenet"}
 
 
+def named_paths(cfg: StudyConfig, keys=WEIGHTS):
+    """(key, value) of every ``keys`` entry the configuration sets to a path."""
+    for key in keys:
+        value = cfg.section(key)
+        if value and value not in NOT_A_PATH:
+            yield key, value
+
+
 def absolute_paths(cfg: StudyConfig, cwd: Path | None = None) -> list[str]:
     """``--set`` overrides that make every relative path the configuration names absolute, from ``cwd``.
 
@@ -35,9 +43,8 @@ def absolute_paths(cfg: StudyConfig, cwd: Path | None = None) -> list[str]:
     an absolute $POLYP_DATA instead: :func:`data_root_environment`.)"""
     cwd = Path(cwd or os.getcwd())
     out = []
-    for key in (*WEIGHTS, "data.root"):
-        value = cfg.section(key)
-        if value and value not in NOT_A_PATH and not Path(value).expanduser().is_absolute():
+    for key, value in named_paths(cfg, (*WEIGHTS, "data.root")):
+        if not Path(value).expanduser().is_absolute():
             out.append(f"{key}={(cwd / Path(value).expanduser()).resolve()}")
     return out
 
@@ -51,10 +58,8 @@ def data_root_environment(cfg: StudyConfig) -> dict[str, str]:
 
 def check_weights(cfg: StudyConfig) -> list[str]:
     problems = []
-    for key, (kind, what) in WEIGHTS.items():
-        value = cfg.section(key)
-        if not value or value in NOT_A_PATH:
-            continue
+    for key, value in named_paths(cfg):
+        kind, what = WEIGHTS[key]
         path = Path(value).expanduser()
         if not path.exists():
             problems.append(f"{path}: not found ({key}, the {what})")
