@@ -49,6 +49,10 @@ class PhantomSection(Section):
     n_target: int = Field(612, ge=0, description="frames of domain B (stands in for CVC-ClinicDB)")
     scale: float = Field(0.7, gt=0.05, le=4.0, description="multiplies the domains' frame sizes")
     seed: int = 0
+    colour_jitter: float | None = Field(None, ge=0, le=1.0,
+                                        description="per-frame log-normal spread of the mucosa colour, per channel; "
+                                        "None: each domain's own (0.08). Larger values give frames whose colours "
+                                        "vary as much as real colonoscopy frames do (e.g. 0.3)")
 
 
 class SplitSection(Section):
@@ -380,6 +384,33 @@ class SegmentationSection(Section):
     mix_r_full: int = Field(1, ge=1, description="r of the full-data real + synthetic comparison (Table 4)")
     small_source: str = Field("styled-diff", description="synthetic set of the small-data study (Tables 5/6); "
                               "the first available source when absent")
+    synthetic_schedule: list[Literal["mixed", "pretrain"]] = Field(
+        default_factory=lambda: paper.setting("segmentation.synthetic_schedule"),
+        description="how real + synthetic runs use the pairs: 'mixed' (the paper: the mixing rule, one training) or "
+        "'pretrain' (train on the synthetic pairs, then fine-tune on the real images); Table 4 shows every one "
+        "listed, every other table the first")
+    synthetic_filter: list[float | None] = Field(
+        default_factory=lambda: paper.setting("segmentation.synthetic_filter"),
+        description="quality gate: keep only the synthetic pairs whose mask has at least this IoU with the "
+        "real-only judge's prediction; None: every pair (the paper). Table 4 shows every one listed, every "
+        "other table the first")
+    synthetic_weight: float = Field(paper.setting("segmentation.synthetic_weight"), ge=0,
+                                    description="weight of the synthetic pairs in the Dice loss of mixed runs "
+                                    "(1: one loss over the batch, the paper)")
+
+    @field_validator("synthetic_schedule", "synthetic_filter", mode="before")
+    @classmethod
+    def _one_or_list(cls, value):
+        """``--set segmentation.synthetic_filter=0.5`` means [0.5]: one value is a list of one."""
+        return value if isinstance(value, (list, tuple)) else [value]
+
+    @field_validator("synthetic_filter")
+    @classmethod
+    def _filter_range(cls, value):
+        bad = [v for v in value if v is not None and not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"judge IoU thresholds lie in [0, 1] (or None for no filter); got {bad}")
+        return list(dict.fromkeys(value))
 
 
 class StudyConfig(Section):

@@ -92,10 +92,21 @@ def resolution(cfg, ctx: Context) -> Line:
 
 
 def split(cfg, ctx: Context) -> Line:
+    from .data.splits import training_images
+
     sp = cfg.data.split
-    return _keyed("Split", cfg, ["data.split.kind", "data.split.n_train", "data.split.n_test"],
-                  "the paper's 348 named training images and 200 test images",
-                  "" if sp.kind == "paper" else f"a {sp.kind} split, not the paper's named training images")
+    if sp.kind != "paper":
+        return _keyed("Split", cfg, ["data.split.kind", "data.split.n_train", "data.split.n_test"],
+                      "the paper's named training images", f"a {sp.kind} split, not the paper's named training images")
+    n = training_images(sp)          # what ran: the shipped list, whatever `n_train` says
+    what = (f"the paper's {n:,} named training images (`data.split.kind` = paper, which does not read "
+            f"`data.split.n_train`)")
+    test = _keyed("Split", cfg, ["data.split.n_test"], "")
+    if test.status == EQUAL:
+        return Line("Split", EQUAL, f"{what} and {sp.n_test:,} test images drawn from the rest (as the paper: "
+                    f"{_values(['data.split.n_train', 'data.split.n_test'])}).")
+    return Line("Split", DIFFERS, f"{what}; {test.text[:-1]}: fewer test images than the authors' (their "
+                f"{paper.SETTINGS['data.split.n_train'].value:,} training images are the same).")
 
 
 def test_draw(cfg, ctx: Context) -> Line:
@@ -211,10 +222,12 @@ def fid_protocol(cfg, ctx: Context) -> Line:
 
 
 def fid_sets(cfg, ctx: Context) -> Line:
+    from .data.splits import training_images
+
     m = cfg.metrics
     return _keyed("FID sets", cfg, ["metrics.fid_sets"], "three synthetic sets per method",
                   ("one set has no sd; " if m.fid_sets == 1 else "") + "each set holds one pair per real training "
-                  f"image ({cfg.data.split.n_train} here), and FID is biased upwards at small n")
+                  f"image ({training_images(cfg.data.split)} here), and FID is biased upwards at small n")
 
 
 def singan(cfg, ctx: Context) -> Line:
@@ -281,9 +294,25 @@ def segmentation_data(cfg, ctx: Context) -> Line:
     return _keyed("Segmentation data", cfg, SEG_DATA, "the paper's augmentations, mixing rule and set sizes")
 
 
+SYNTHETIC_USE = ["segmentation.synthetic_schedule", "segmentation.synthetic_filter", "segmentation.synthetic_weight"]
+
+
+def synthetic_use(cfg, ctx: Context) -> Line:
+    s = cfg.segmentation
+    first = [s.synthetic_schedule[0], s.synthetic_filter[0]] == [paper.setting(k)[0] for k in SYNTHETIC_USE[:2]]
+    return _keyed("Use of synthetic pairs", cfg, SYNTHETIC_USE,
+                  "every synthetic pair is used, mixed into the real training images by the mixing rule, and weighs "
+                  "as much as a real one in the loss",
+                  "Table 4 shows every schedule and filter listed, each with its paired ΔIoU against real only, "
+                  "and a paper value only beside the paper's way; "
+                  + ("the other tables use the paper's way" if first and s.synthetic_weight == 1.0 else
+                     "the other tables use the first listed, and so are not the paper's protocol"))
+
+
 TOPICS = [data, resolution, split, test_draw, clusters, unet, variance, noise_schedule, training_length, ema,
           precision, repaint_start, repaint_schedule, inpainting, styling, fid_protocol, fid_sets, singan,
-          segmentation_model, segmentation_training, synthetic_validation, segmentation_runs, segmentation_data]
+          segmentation_model, segmentation_training, synthetic_validation, segmentation_runs, segmentation_data,
+          synthetic_use]
 
 
 def extras(cfg) -> list[Line]:

@@ -136,6 +136,11 @@ SEGMENTATION: dict[str, Fact] = {
                                         "--num_epochs (no early stopping) and keeps the best checkpoint by validation IoU"),
     "segmentation.synthetic_validation": Fact("synthetic", "dsaragih/divergent-nets: synthetic-only runs choose their "
                                                            "best checkpoint on a synthetic validation split"),
+    "segmentation.synthetic_schedule": Fact(["mixed"], f"{SEG}: synthetic pairs join the real images in the same "
+                                                       "training, by the mixing rule (no pretraining stage)"),
+    "segmentation.synthetic_filter": Fact([None], f"{SEG}: every generated pair is used (no quality filter)"),
+    "segmentation.synthetic_weight": Fact(1.0, f"{SEG}: one Dice loss over the batch; synthetic pairs weigh as "
+                                               "much as real ones"),
 }
 
 SETTINGS: dict[str, Fact] = {**DATA, **DDPM, **SAMPLING, **STYLE, **METRICS, **SEGMENTATION}

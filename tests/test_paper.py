@@ -84,7 +84,7 @@ def test_every_paper_setting_is_stated_once_with_the_value_paper_py_holds():
 
 
 @pytest.mark.parametrize("override,topic", [
-    ("data.source=phantom", "Data"), ("data.resolution=128", "Resolution"), ("data.split.n_train=100", "Split"),
+    ("data.source=phantom", "Data"), ("data.resolution=128", "Resolution"), ("data.split.n_test=100", "Split"),
     ("data.split.kind=random", "Split"), ("clustering.k=10", "Clusters"), ("clustering.features=inception", "Clusters"),
     ("ddpm.layers_per_block=1", "UNet"), ("ddpm.attention_resolutions=[16]", "UNet"),
     ("ddpm.variance=fixed_small", "Variance"), ("ddpm.num_train_timesteps=250", "Noise schedule"),
@@ -97,6 +97,9 @@ def test_every_paper_setting_is_stated_once_with_the_value_paper_py_holds():
     ("segmentation.augmentation=[control]", "Segmentation data"),
     ("segmentation.patience=5", "Segmentation training"),
     ("segmentation.synthetic_validation=real", "Synthetic-only validation"),
+    ("segmentation.synthetic_filter=0.5", "Use of synthetic pairs"),
+    ("segmentation.synthetic_schedule=[mixed,pretrain]", "Use of synthetic pairs"),
+    ("segmentation.synthetic_weight=0.5", "Use of synthetic pairs"),
 ])
 def test_changing_a_setting_changes_its_line_and_only_its_line(override, topic):
     base = WEIGHTS + ["gan.singan_published=/data/singan-seg"]
@@ -107,6 +110,17 @@ def test_changing_a_setting_changes_its_line_and_only_its_line(override, topic):
         assert f"`{key}`" in after[topic].text and "paper:" in after[topic].text
     also = {"sampling.start=sdedit": {"RePaint schedule"}}.get(override, set())   # fewer UNet calls per pair
     assert {t for t in before if before[t] != after[t]} == {topic} | also
+
+
+def test_the_paper_split_states_the_training_images_it_used_not_n_train():
+    """The paper split reads the shipped list of 348 images, whatever `data.split.n_train` says (#31)."""
+    lines = _lines("paper", ["data.split.n_train=300", "data.split.n_test=150", "metrics.fid_sets=1"])
+    assert "the paper's 348 named training images" in lines["Split"].text
+    assert "`data.split.n_train` = 300" not in lines["Split"].text and "`data.split.n_test` = 150" in lines["Split"].text
+    assert "(348 here)" in lines["FID sets"].text
+    assert _lines("paper", ["data.split.n_train=300"])["Split"].status == "equal"
+    random = _lines("paper", ["data.split.kind=random", "data.split.n_train=300"])["Split"].text
+    assert "`data.split.n_train` = 300 (paper: 348)" in random
 
 
 def test_patience_and_the_validation_choice_say_what_they_do():

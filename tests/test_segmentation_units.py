@@ -173,8 +173,8 @@ def test_control_augmentation_is_the_papers_and_seeded():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
     ys, xs = np.nonzero(a[1][0].numpy())                          # isotropic scale: the square stays square
     assert abs((ys.max() - ys.min()) - (xs.max() - xs.min())) <= 1
-    x, y = sdata.PairDataset([_pool(1)], "none", (0.5,) * 3, (0.5,) * 3)[(0, 0, 0)]
-    assert x.shape == (3, 8, 8) and float(x.min()) == -1.0 and y.shape == (1, 8, 8)
+    x, y, synthetic = sdata.PairDataset([_pool(1)], "none", (0.5,) * 3, (0.5,) * 3)[(0, 0, 0)]
+    assert x.shape == (3, 8, 8) and float(x.min()) == -1.0 and y.shape == (1, 8, 8) and synthetic is False
 
 
 # ----------------------------------------------------------------------------- plan

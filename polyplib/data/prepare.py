@@ -50,15 +50,19 @@ class Source:
 
 def phantom_sources(run: Run) -> list[Source]:
     """Generate (or reuse) the phantom domains under raw/, keyed by everything that shapes them."""
-    from .phantom import PHANTOM_LAYOUTS, write_phantom
+    from dataclasses import replace
+
+    from .phantom import DOMAINS, PHANTOM_LAYOUTS, write_phantom
 
     p = run.cfg.data.phantom
     out = []
     for domain, n, role in (("A", p.n_source, "train"), ("B", p.n_target, "transfer")):
         if n == 0:
             continue
-        folder = run.path("raw", f"phantom-{domain.lower()}-seed{p.seed}-scale{p.scale:g}-n{n}")
-        write_phantom(folder, domain, n, p.seed, scale=p.scale, workers=run.cfg.run.workers,
+        jitter = "" if p.colour_jitter is None else f"-jitter{p.colour_jitter:g}"
+        folder = run.path("raw", f"phantom-{domain.lower()}-seed{p.seed}-scale{p.scale:g}-n{n}{jitter}")
+        look = DOMAINS[domain] if p.colour_jitter is None else replace(DOMAINS[domain], mucosa_jitter=p.colour_jitter)
+        write_phantom(folder, look, n, p.seed, scale=p.scale, workers=run.cfg.run.workers,
                       progress=run.cfg.run.progress)
         out.append(Source(f"phantom-{domain.lower()}", folder, role, (PHANTOM_LAYOUTS[domain],)))
     return out

@@ -66,6 +66,12 @@ def random_split(ids: Sequence[str], n_train: int, n_test: int, seed: int,
     return check_no_leakage(_fill(df, _shuffled_groups(df, seed), [("test", n_test), ("train", n_train)]))
 
 
+def training_images(split) -> int:
+    """How many training images a split section gives: the shipped list's length for the paper split
+    (which does not read ``n_train``), ``n_train`` for the others."""
+    return len(paper_clusters()) if split.kind == "paper" else split.n_train
+
+
 def paper_split(ids: Sequence[str], n_test: int, seed: int,
                 groups: dict[str, str] | None = None) -> pd.DataFrame:
     """The paper's 348 training images (shipped list, with cluster ids) + ``n_test`` drawn from the rest."""

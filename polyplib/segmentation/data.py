@@ -227,8 +227,8 @@ class EpochPlan:
 class PairDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by (pool, index, augmentation seed) items from an EpochPlan.
 
-    Returns (image float 3xHxW normalised, mask float 1xHxW). Augmentation is seeded per item, so
-    the result does not depend on which worker process draws it.
+    Returns (image float 3xHxW normalised, mask float 1xHxW, synthetic: bool). Augmentation is seeded
+    per item, so the result does not depend on which worker process draws it.
     """
 
     def __init__(self, pools: Sequence[PairPool | None], augmentation: str, mean, std):
@@ -248,7 +248,8 @@ class PairDataset(torch.utils.data.Dataset):
             self.augment.set_random_seed(int(seed))
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return to_tensor(image, self.mean, self.std), torch.from_numpy(mask[None].astype(np.float32))
+        return (to_tensor(image, self.mean, self.std), torch.from_numpy(mask[None].astype(np.float32)),
+                bool(p.synthetic[index]))
 
 
 def to_tensor(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:

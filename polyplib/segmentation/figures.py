@@ -5,16 +5,7 @@ import numpy as np
 import pandas as pd
 
 from ..runs import Run
-from .study import GROUP_COLUMNS, Configuration, primary_augmentation
-
-
-def config_label(row, several_models: bool = False) -> str:
-    """A short human name of a configuration row: "real + styled-diff r=1 · N=16 · control"."""
-    regime, src, n = row["regime"], row["source"], str(row["n_real"])
-    name = {"real": "real", "synthetic": f"{src} only ×{row['per_real']}",
-            "mixed": f"real + {src} r={row['per_real']}"}[regime]
-    parts = [name] + ([f"N={n}"] if n != "all" else []) + [str(row["augmentation"])]
-    return " · ".join(parts + ([str(row["model"])] if several_models else []))
+from .study import GROUP_COLUMNS, Configuration, as_text, config_label, primary_augmentation
 
 
 def iou_plot(per_image: pd.DataFrame, cfg, title: str = "Test IoU by training data (mean, 95 % CI)"):
@@ -23,7 +14,7 @@ def iou_plot(per_image: pd.DataFrame, cfg, title: str = "Test IoU by training da
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    df = (per_image.astype({"source": str, "n_real": str})
+    df = (as_text(per_image)
           .groupby(GROUP_COLUMNS + ["image_id"], sort=False)["iou"].mean().reset_index())
     several = df["model"].nunique() > 1
     df["configuration"] = df.apply(config_label, axis=1, several_models=several)
@@ -95,7 +86,7 @@ def transfer_plot(summary: pd.DataFrame, title: str = "Test IoU in-domain and on
     bootstrap 95 % CI. Lines that stay parallel mean the ranking of the regimes transfers."""
     import matplotlib.pyplot as plt
 
-    df = summary.astype({"source": str, "n_real": str})
+    df = as_text(summary)
     domains = list(dict.fromkeys(["in-domain", *df["target"]]))
     labels = list(dict.fromkeys(config_label(r) for _, r in df.iterrows()))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(domains) + 3.5), 4.2))

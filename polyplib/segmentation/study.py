@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -28,8 +29,11 @@ from .train import TrainSettings, train_model
 from ..training import resolve_device, torch_threads
 
 STAGE = "06"
-CONFIG_COLUMNS = ["regime", "source", "n_real", "per_real", "augmentation", "model", "seed"]
-GROUP_COLUMNS = CONFIG_COLUMNS[:-1]
+CONFIG_COLUMNS = ["regime", "source", "n_real", "per_real", "augmentation", "model", "schedule", "synthetic_filter",
+                  "synthetic_weight", "seed"]
+GROUP_COLUMNS = [c for c in CONFIG_COLUMNS if c != "seed"]
+#: columns held as text in every table ("none" for no source, filter or schedule; "all" for every image)
+TEXT_COLUMNS = {"source": str, "n_real": str, "schedule": str, "synthetic_filter": str}
 #: Synthetic-only runs: the test scores of the best model by the validation pool not chosen.
 OTHER_VALIDATION_COLUMNS = ["other_validation", "dice_other_validation", "iou_other_validation",
                             "best_epoch_other_validation", "best_val_iou_other_validation"]
@@ -37,7 +41,7 @@ OTHER_VALIDATION_COLUMNS = ["other_validation", "dice_other_validation", "iou_ot
 STILL_IMPROVING = "†"
 STILL_IMPROVING_NOTE = (f"{STILL_IMPROVING}: best epoch was the last; still improving when training stopped "
                         "(more epochs might have helped)")
-_KEY_VERSION = 2       # 2: patience, validation on both pools of synthetic-only runs
+_KEY_VERSION = 3       # 2: patience, validation on both pools of synthetic-only runs; 3: schedule, filter, weight
 
 
 
@@ -52,26 +56,112 @@ class Configuration:
     augmentation: str           # none | control
     model: str
     seed: int
+    schedule: str | None = None           # mixed runs: "mixed" (the paper) | "pretrain"; None otherwise
+    synthetic_filter: float | None = None  # keep pairs whose judge IoU >= this; None: every pair (the paper)
+    synthetic_weight: float = 1.0          # mixed schedule: the synthetic pairs' weight in the loss
 
     @property
     def name(self) -> str:
+        """The folder name; the paper's way of using pairs adds nothing to it (earlier runs keep theirs)."""
+        extra = "".join([f"-{self.schedule}" if self.schedule not in (None, "mixed") else "",
+                         f"-f{self.synthetic_filter:g}" if self.synthetic_filter is not None else "",
+                         f"-w{self.synthetic_weight:g}" if self.synthetic_weight != 1.0 else ""])
         return (f"{self.regime}-{self.source or 'none'}-n{self.n_real or 'all'}-k{self.per_real}-"
-                f"{self.augmentation}-{self.model}-s{self.seed}")
+                f"{self.augmentation}-{self.model}{extra}-s{self.seed}")
 
     def row(self) -> dict:
-        """Table form: text ``source`` ("none" for real) and ``n_real`` ("all" or the subset size)."""
+        """Table form: text ``source`` ("none" for real), ``n_real`` ("all" or the subset size),
+        ``schedule`` and ``synthetic_filter`` ("none" where not used)."""
+        f = self.synthetic_filter
         return {**asdict(self), "source": self.source or "none",
-                "n_real": "all" if self.n_real is None else str(self.n_real)}
+                "n_real": "all" if self.n_real is None else str(self.n_real), "schedule": self.schedule or "none",
+                "synthetic_filter": "none" if f is None else f"{f:g}"}
 
     @classmethod
     def from_row(cls, row) -> "Configuration":
-        src, n = str(row["source"]), str(row["n_real"])
-        return cls(str(row["regime"]), None if src == "none" else src, None if n == "all" else int(n),
-                   int(row["per_real"]), str(row["augmentation"]), str(row["model"]), int(row.get("seed", 0)))
+        def text(key: str) -> str | None:
+            value = str(row.get(key, "none"))
+            return None if value in ("none", "nan", "") else value
+
+        n, f = str(row["n_real"]), text("synthetic_filter")
+        return cls(str(row["regime"]), text("source"), None if n == "all" else int(n),
+                   int(row["per_real"]), str(row["augmentation"]), str(row["model"]), int(row.get("seed", 0)),
+                   text("schedule"), None if f is None else float(f), float(row.get("synthetic_weight", 1.0)))
 
     def baseline(self) -> "Configuration":
         """The real-only configuration this one is compared with (same N, augmentation, model)."""
         return Configuration("real", None, self.n_real, 0, self.augmentation, self.model, self.seed)
+
+    @property
+    def label(self) -> str:
+        """How the run uses its pairs, in words ("" for the paper's way): "pretrain → fine-tune · judge IoU ≥ 0.5"."""
+        parts = (["pretrain → fine-tune"] if self.schedule == "pretrain" else []) + (
+            [f"judge IoU ≥ {self.synthetic_filter:g}"] if self.synthetic_filter is not None else []) + (
+            [f"weight {self.synthetic_weight:g}"] if self.synthetic_weight != 1.0 else [])
+        return " · ".join(parts)
+
+    @property
+    def paper_way(self) -> bool:
+        """Uses its synthetic pairs as the authors did: mixed (or alone), unfiltered, weight 1."""
+        return self.schedule in (None, "mixed") and self.synthetic_filter is None and self.synthetic_weight == 1.0
+
+
+def as_text(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the TEXT_COLUMNS it has as text (tables read back from CSV hold numbers there).
+    A configuration table written before the ways of using synthetic pairs existed gets the paper's."""
+    if "regime" in table and "schedule" not in table:
+        table = table.assign(schedule=np.where(table["regime"] == "mixed", "mixed", "none"),
+                             synthetic_filter="none", synthetic_weight=1.0)
+    return table.astype({k: v for k, v in TEXT_COLUMNS.items() if k in table})
+
+
+def config_label(row, several_models: bool = False) -> str:
+    """A short human name of a configuration row: "real + styled-diff r=1 · judge IoU ≥ 0.5 · N=16 · control"."""
+    regime, src, n = row["regime"], row["source"], str(row["n_real"])
+    name = {"real": "real", "synthetic": f"{src} only ×{row['per_real']}",
+            "mixed": f"real + {src} r={row['per_real']}"}[regime]
+    use = Configuration.from_row(row).label if regime != "real" else ""
+    parts = [name] + ([use] if use else []) + ([f"N={n}"] if n != "all" else []) + [str(row["augmentation"])]
+    return " · ".join(parts + ([str(row["model"])] if several_models else []))
+
+
+def verdicts(paired: pd.DataFrame) -> pd.DataFrame:
+    """In words, per configuration compared with real only (seeds pooled, the same test images): "worse"
+    when the paired 95 % interval of ΔIoU lies below 0, "better" above 0, else "no difference resolved";
+    worst first."""
+    rows = []
+    for _, r in as_text(paired).iterrows():
+        word = "worse" if r["diff_hi"] < 0 else "better" if r["diff_lo"] > 0 else "no difference resolved"
+        rows.append({"training data": config_label(r), "verdict": word,
+                     "ΔIoU vs real [95% CI]": f"{r['diff']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}]",
+                     "p": r["p"], "diff": r["diff"]})
+    table = pd.DataFrame(rows, columns=["training data", "verdict", "ΔIoU vs real [95% CI]", "p", "diff"])
+    return table.sort_values("diff", kind="stable").drop(columns="diff").reset_index(drop=True)
+
+
+def harm_sentence(paired: pd.DataFrame) -> str:
+    """One paragraph for notebook 06: which ways of adding synthetic pairs made the model worse than real
+    only, computed from the paired tests (never written by hand)."""
+    table = verdicts(paired[paired["regime"] == "mixed"]) if len(paired) else verdicts(paired)
+    if table.empty:
+        return "No real + synthetic configuration was trained, so nothing can be said about adding pairs."
+    worse = table[table["verdict"] == "worse"]
+    better = table[table["verdict"] == "better"]
+    parts = []
+    if len(worse):
+        parts.append("Adding synthetic pairs made the model **worse** than real-only training in "
+                     f"{len(worse)} of {len(table)} comparisons: " + "; ".join(
+                         f"{r['training data']} ({r['ΔIoU vs real [95% CI]']})" for _, r in worse.iterrows()) + ".")
+    else:
+        parts.append(f"In none of the {len(table)} real + synthetic comparisons did adding pairs make the model "
+                     "worse than real-only training (no paired interval lies below 0).")
+    if len(better):
+        parts.append("Better than real only: " + "; ".join(
+            f"{r['training data']} ({r['ΔIoU vs real [95% CI]']})" for _, r in better.iterrows()) + ".")
+    rest = len(table) - len(worse) - len(better)
+    if rest:
+        parts.append(f"{rest} comparison(s) resolved no difference (the interval contains 0).")
+    return " ".join(parts)
 
 
 def primary_augmentation(cfg: StudyConfig) -> str:
@@ -85,35 +175,44 @@ def plan(cfg: StudyConfig, available_sources: list[str]) -> list[Configuration]:
 
     - real-only baseline on all training images, for every augmentation (compared with everything);
     - Table 3: synthetic only, per available source x N synthetic pairs per real image;
-    - Table 4: real + synthetic (mixing rule, r = mix_r_full) per source, with and without Control;
+    - Table 4: real + synthetic (r = mix_r_full) per source, with and without Control, for every
+      ``synthetic_schedule`` x ``synthetic_filter`` listed (the paper: mixed, no filter);
     - Tables 5/6: small real sets (small_n) alone and + the small_source set for every r in mix_r;
     - every further model in ``models``: real vs real + synthetic (the preferred source).
-    Tables 3-6 use the first model; Tables 3, 5, 6 the primary augmentation (Control when listed).
+    Tables 3-6 use the first model; Tables 3, 5, 6 the primary augmentation (Control when listed), and
+    every table but 4 the first schedule and filter listed.
     """
     s = cfg.segmentation
     aug0, model0 = primary_augmentation(cfg), s.models[0]
     preferred = s.small_source if s.small_source in available_sources else (
         available_sources[0] if available_sources else None)
+
+    def use(schedule: str, synthetic_filter: float | None) -> dict:
+        return {"schedule": schedule, "synthetic_filter": synthetic_filter,
+                "synthetic_weight": s.synthetic_weight if schedule == "mixed" else 1.0}
+
+    first = use(s.synthetic_schedule[0], s.synthetic_filter[0])
     groups: list[tuple] = []
-    groups += [("real", None, None, 0, aug, model0) for aug in s.augmentation]
+    groups += [(("real", None, None, 0, aug, model0), {}) for aug in s.augmentation]
     if "synthetic" in s.regimes:
-        groups += [("synthetic", src, None, n, aug0, model0) for src in available_sources
-                   for n in s.synthetic_per_real]
+        groups += [(("synthetic", src, None, n, aug0, model0), {"synthetic_filter": s.synthetic_filter[0]})
+                   for src in available_sources for n in s.synthetic_per_real]
     if "mixed" in s.regimes:
-        groups += [("mixed", src, None, s.mix_r_full, aug, model0) for src in available_sources
-                   for aug in s.augmentation]
+        groups += [(("mixed", src, None, s.mix_r_full, aug, model0), use(schedule, f))
+                   for src in available_sources for aug in s.augmentation
+                   for schedule in s.synthetic_schedule for f in s.synthetic_filter]
     for n in s.small_n:
-        groups.append(("real", None, n, 0, aug0, model0))
+        groups.append((("real", None, n, 0, aug0, model0), {}))
         if "mixed" in s.regimes and preferred:
-            groups += [("mixed", preferred, n, r, aug0, model0) for r in s.mix_r]
+            groups += [(("mixed", preferred, n, r, aug0, model0), first) for r in s.mix_r]
     for model in s.models[1:]:
-        groups.append(("real", None, None, 0, aug0, model))
+        groups.append((("real", None, None, 0, aug0, model), {}))
         if "mixed" in s.regimes and preferred:
-            groups.append(("mixed", preferred, None, s.mix_r_full, aug0, model))
+            groups.append((("mixed", preferred, None, s.mix_r_full, aug0, model), first))
     out, seen = [], set()
-    for g in groups:
+    for g, how in groups:
         for seed in s.seeds:
-            c = Configuration(*g, seed=seed)
+            c = Configuration(*g, seed=seed, **how)
             if c not in seen:
                 seen.add(c)
                 out.append(c)
@@ -129,6 +228,8 @@ def estimated_images(configs: list[Configuration], cfg: StudyConfig, n_train: in
     for c in configs:
         n = min(c.n_real or n_fit, n_fit)
         per_epoch = {"real": n, "synthetic": n * c.per_real, "mixed": n * (1 + s.mix_alpha * c.per_real)}
+        if c.schedule == "pretrain":      # the synthetic pairs alone, then the real images alone
+            per_epoch["mixed"] = n * c.per_real + n
         total += s.epochs * per_epoch[c.regime]
     return int(total)
 
@@ -192,6 +293,7 @@ def configuration_key(run: Run, c: Configuration) -> str:
         "synthetic_validation": s.synthetic_validation if c.regime == "synthetic" else None,
         "mix_alpha": s.mix_alpha if c.regime == "mixed" else None,
         "synthetic": _file_digest(run.path("synthetic", c.source, "manifest.csv")) if c.source else None,
+        "judge": configuration_key(run, judge_configuration(run.cfg)) if c.synthetic_filter is not None else None,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -211,17 +313,45 @@ class _Data:
         self.train = load_pool(ds, self.train_ids, self.size)
         self.test = load_pool(ds, self.test_ids, self.size)
         self._synthetic: dict[str, PairPool] = {}
+        self._judged: dict[str, np.ndarray] = {}
 
     def real(self, ids) -> PairPool:
         index = self.train.index()
         return self.train.subset([index[i] for i in ids])
 
-    def synthetic(self, source: str, ids) -> PairPool:
+    def synthetic_pool(self, source: str) -> PairPool:
+        """Every accepted pair of a set made from (or dealt to) the training images."""
         if source not in self._synthetic:
             self._synthetic[source] = load_synthetic_pool(self.run.path("synthetic", source),
                                                           self.train_ids, self.size)
-        pool, wanted = self._synthetic[source], set(ids)
-        return pool.subset([i for i, s in enumerate(pool.source_ids) if s in wanted])
+        return self._synthetic[source]
+
+    def synthetic(self, source: str, ids, min_judge_iou: float | None = None) -> PairPool:
+        """The pairs of ``source`` made from the real images ``ids``; with ``min_judge_iou``, only those
+        whose mask has at least that IoU with the real-only judge's prediction (the quality gate)."""
+        pool, wanted = self.synthetic_pool(source), set(ids)
+        judged = self.judge_iou(source) if min_judge_iou is not None else None
+        return pool.subset([i for i, s in enumerate(pool.source_ids)
+                            if s in wanted and (judged is None or judged[i] >= min_judge_iou)])
+
+    def judge_iou(self, source: str) -> np.ndarray:
+        """Per pair of ``synthetic_pool(source)``: the IoU of its mask with the prediction of the label-fidelity
+        judge (stage 06's real-only baseline, trained here first if it is not yet); written to
+        ``segmentation/filter/<source>.csv`` with the keep decision of every configured threshold."""
+        if source not in self._judged:
+            s = self.run.cfg.segmentation
+            judge = judge_configuration(self.run.cfg)
+            run_configuration(self.run, judge, self)
+            pool = self.synthetic_pool(source)
+            mean, std = input_normalization(s.encoder, s.encoder_weights)
+            device = str(resolve_device(self.run.cfg.run.device))
+            model = load_model(self.run.path("segmentation", judge.name, "train", "model"))
+            ious = evaluate_model(model, pool, mean, std, device, s.batch_size)["iou"].to_numpy()
+            table = pd.DataFrame({"id": pool.ids, "source_id": pool.source_ids, "judge_iou": ious.round(4),
+                                  **{f"kept_at_{t:g}": ious >= t for t in s.synthetic_filter if t is not None}})
+            atomic_write_text(self.run.path("segmentation", "filter", f"{source}.csv"), table.to_csv(index=False))
+            self._judged[source] = ious
+        return self._judged[source]
 
 
 def _datasets(data: _Data, c: Configuration, cfg: StudyConfig) -> tuple[EpochPlan, dict[str, PairPool], str]:
@@ -235,15 +365,13 @@ def _datasets(data: _Data, c: Configuration, cfg: StudyConfig) -> tuple[EpochPla
     if c.n_real is not None:
         fit_ids = small_subset(fit_ids, c.n_real, c.seed)
     real_val = data.real(val_ids)
-    if c.regime == "real":
+    if c.regime == "real" or c.schedule == "pretrain":      # pretrain: this is the fine-tuning on real images
         real = data.real(fit_ids)
         return EpochPlan(real, None, [(0, i) for i in range(len(real))], c.seed), {"real": real_val}, "real"
-    syn = data.synthetic(c.source, fit_ids)
-    if len(syn) == 0:
-        raise StageError(f"synthetic set '{c.source}' has no accepted pairs made from the training images")
+    syn = _synthetic_fit(data, c, fit_ids)
     if c.regime == "synthetic":
         chosen = first_per_source(syn, c.per_real)
-        val = data.synthetic(c.source, val_ids)
+        val = data.synthetic(c.source, val_ids, c.synthetic_filter)
         if not len(val):
             return EpochPlan(None, syn, [(1, i) for i in chosen], c.seed), {"real": real_val}, "real"
         pools = {"synthetic": val.subset(first_per_source(val, c.per_real)), "real": real_val}
@@ -253,6 +381,25 @@ def _datasets(data: _Data, c: Configuration, cfg: StudyConfig) -> tuple[EpochPla
     real = data.real(fit_ids)
     return (EpochPlan(real, syn, [], c.seed, mix_alpha=cfg.segmentation.mix_alpha, mix_r=c.per_real),
             {"real": real_val}, "real")
+
+
+def _synthetic_fit(data: _Data, c: Configuration, fit_ids) -> PairPool:
+    syn = data.synthetic(c.source, fit_ids, c.synthetic_filter)
+    if len(syn) == 0:
+        gate = f" with a judge IoU of at least {c.synthetic_filter:g}" if c.synthetic_filter is not None else ""
+        raise StageError(f"synthetic set '{c.source}' has no accepted pairs{gate} made from the training images "
+                         f"({data.run.path('synthetic', c.source, 'manifest.csv')})")
+    return syn
+
+
+def pretrain_plan(data: _Data, c: Configuration, cfg: StudyConfig) -> EpochPlan:
+    """The first stage of the ``pretrain`` schedule: the synthetic pairs of the fitting images alone,
+    ``per_real`` of each (the most the mixing rule could add to an epoch), every epoch."""
+    fit_ids, _ = split_train_val(data.train_ids, cfg.segmentation.val_fraction, c.seed)
+    if c.n_real is not None:
+        fit_ids = small_subset(fit_ids, c.n_real, c.seed)
+    syn = _synthetic_fit(data, c, fit_ids)
+    return EpochPlan(None, syn, [(1, i) for i in first_per_source(syn, c.per_real)], c.seed)
 
 
 def run_configuration(run: Run, c: Configuration, data: _Data, on_epoch_end=None) -> pd.DataFrame:
@@ -271,7 +418,12 @@ def run_configuration(run: Run, c: Configuration, data: _Data, on_epoch_end=None
     torch.manual_seed(c.seed)
     model = build_model(c.model, s.encoder, s.encoder_weights)
     mean, std = input_normalization(s.encoder, s.encoder_weights)
-    settings = TrainSettings.of(cfg, c.augmentation, c.seed)
+    settings = TrainSettings.of(cfg, c.augmentation, c.seed, c.synthetic_weight)
+    pre, pre_plan = None, pretrain_plan(data, c, cfg) if c.schedule == "pretrain" else None
+    if pre_plan is not None:          # the synthetic pairs first, then the paper's protocol on the real images
+        pre = train_model(model, pre_plan, pools, folder / "pretrain", settings, mean, std,
+                          name=f"{c.name} (pretrain)", select=val_kind, on_epoch_end=on_epoch_end)
+        model = load_model(folder / "pretrain" / "model")
     summary = train_model(model, plan_, pools, folder / "train", settings, mean, std, name=c.name,
                           select=val_kind, on_epoch_end=on_epoch_end)
     best = load_model(folder / "train" / "model")
@@ -288,14 +440,21 @@ def run_configuration(run: Run, c: Configuration, data: _Data, on_epoch_end=None
         other = {"other_validation": name, "dice_other_validation": float(o["dice"].mean()),
                  "iou_other_validation": float(o["iou"].mean()), "best_epoch_other_validation": b["epoch"],
                  "best_val_iou_other_validation": b["val_iou"]}
+    synthetic = pre_plan.synthetic if pre_plan is not None else plan_.synthetic
+    synthetic_pool = len(synthetic) if synthetic is not None else 0
     atomic_write_json(done, {"key": key, "configuration": asdict(c), "validation": val_kind,
                              "weights": getattr(model, "weights_report", {}).get("source"),
                              "real_images": len(plan_.real) if plan_.real is not None else 0,
-                             "synthetic_pool": len(plan_.synthetic) if plan_.synthetic is not None else 0,
+                             "synthetic_pool": synthetic_pool,
                              "dice": float(scores["dice"].mean()), "iou": float(scores["iou"].mean()),
                              **{k: summary[k] for k in ("best_epoch", "best_val_iou", "epochs_run", "max_epochs",
                                                         "patience", "stopped", "best_is_last", "seconds",
                                                         "train_images", "train_images_per_s")},
+                             **({"seconds": summary["seconds"] + pre["seconds"],
+                                 "train_images": summary["train_images"] + pre["train_images"],
+                                 "pretrain": {k: pre[k] for k in ("epochs_run", "best_epoch", "best_val_iou",
+                                                                  "stopped", "best_is_last", "train_images")}}
+                                if pre else {}),
                              **other})
     return scores
 
@@ -353,7 +512,7 @@ def summary_with_tests(per_image: pd.DataFrame, cfg: StudyConfig) -> tuple[pd.Da
     """Per configuration group (seeds pooled): mean Dice/IoU with bootstrap CI, and the paired
     Wilcoxon test of its per-image IoU (averaged over seeds) against its real-only baseline."""
     s = cfg.segmentation
-    per_image = per_image.astype({"source": str, "n_real": str})
+    per_image = as_text(per_image)
     summary = summarise(per_image, GROUP_COLUMNS, s.bootstrap, seed=0)
     iou = {key: g.groupby("image_id")["iou"].mean()
            for key, g in per_image.groupby(GROUP_COLUMNS, sort=False)}
@@ -437,7 +596,25 @@ def validation_choice(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def paper_tables(summary: pd.DataFrame, run: Run, results: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+def _mixed_uses(s, source: str | None, augmentation: str, model: str) -> list[Configuration]:
+    """The real + synthetic configurations of Table 4 for one source (seed 0), in the plan's order: every
+    schedule x filter listed, the first of them the one the other tables use."""
+    return [Configuration("mixed", source, None, s.mix_r_full, augmentation, model, 0, schedule=sch,
+                          synthetic_filter=f, synthetic_weight=s.synthetic_weight if sch == "mixed" else 1.0)
+            for sch in s.synthetic_schedule for f in s.synthetic_filter]
+
+
+def _delta(paired: pd.DataFrame | None, **match) -> str:
+    """The paired ΔIoU against real only of the matching group, "mean [lo, hi]", or "—"."""
+    sel = _select(as_text(paired), **match) if paired is not None else pd.DataFrame()
+    if sel.empty:
+        return "—"
+    r = sel.iloc[0]
+    return f"{r['diff']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}]"
+
+
+def paper_tables(summary: pd.DataFrame, run: Run, results: pd.DataFrame | None = None,
+                 paired: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Tables 3-6 in the paper's layout: this run's mean [95 % CI] beside the paper's IoU.
 
     T3 synthetic only (IoU), T4 real vs real + synthetic with/without Control (IoU), T5 small real
@@ -471,23 +648,36 @@ def paper_tables(summary: pd.DataFrame, run: Run, results: pd.DataFrame | None =
            "IoU (this run)": cell(summary, regime="real", augmentation=aug0, **base),
            "validation": _validation(results, regime="real", augmentation=aug0, **base),
            "IoU (paper)": paper.iou_synthetic_only("real", 0)}]
+    f0 = s.synthetic_filter[0]
+    only = Configuration("synthetic", None, None, 1, aug0, m0, 0, synthetic_filter=f0)
     for src in sources:
         for n in s.synthetic_per_real:
-            match = dict(regime="synthetic", source=src, per_real=n, augmentation=aug0, **base)
-            t3.append({"training data": f"{row_name[src]} only", "N synthetic per real": n,
+            match = dict(regime="synthetic", source=src, per_real=n, augmentation=aug0,
+                         synthetic_filter=only.row()["synthetic_filter"], **base)
+            gate = f" ({only.label})" if only.label else ""
+            t3.append({"training data": f"{row_name[src]} only{gate}", "N synthetic per real": n,
                        "IoU (this run)": cell(summary, **match), "validation": _validation(results, **match),
-                       "IoU (paper)": paper.iou_synthetic_only(ref[src], n)})
+                       "IoU (paper)": paper.iou_synthetic_only(ref[src], n) if only.paper_way else None})
+    if paired is None and run.path("results", "06_paired.csv").exists():
+        paired = read_table(run, "06_paired")
     t4 = []
     for aug in s.augmentation:
         t4.append({"training data": "real", "augmentation": aug,
                    "IoU (this run)": cell(summary, regime="real", augmentation=aug, **base),
+                   "ΔIoU vs real [95% CI]": "—",
                    "IoU (paper)": paper.iou_real_plus("real") if aug == "control" else None})
         for src in sources:
-            t4.append({"training data": f"real + {row_name[src]} (r={s.mix_r_full})", "augmentation": aug,
-                       "IoU (this run)": cell(summary, regime="mixed", source=src, per_real=s.mix_r_full,
-                                               augmentation=aug, **base),
-                       "IoU (paper)": paper.iou_real_plus(ref[src]) if aug == "control" else None})
+            for c in _mixed_uses(s, src, aug, m0):
+                use = {k: c.row()[k] for k in ("schedule", "synthetic_filter", "synthetic_weight")}
+                match = dict(regime="mixed", source=src, per_real=s.mix_r_full, augmentation=aug, **use, **base)
+                how = f", {c.label}" if c.label else ""
+                t4.append({"training data": f"real + {row_name[src]} (r={s.mix_r_full}{how})", "augmentation": aug,
+                           "IoU (this run)": cell(summary, **match), "ΔIoU vs real [95% CI]": _delta(paired, **match),
+                           "IoU (paper)": paper.iou_real_plus(ref[src]) if aug == "control" and c.paper_way else None})
     small_src = s.small_source if s.small_source in sources else (sources[0] if sources else None)
+    first = _mixed_uses(s, small_src, aug0, m0)[0]
+    first_use = {k: first.row()[k] for k in ("schedule", "synthetic_filter", "synthetic_weight")}
+    first_how = f", {first.label}" if first.label else ""
     small = {}
     for metric, table in (("iou", "T5"), ("dice", "T6")):
         rows = []
@@ -495,12 +685,13 @@ def paper_tables(summary: pd.DataFrame, run: Run, results: pd.DataFrame | None =
             row = {"N real": n, "real (this run)": cell(summary, metric, regime="real", n_real=n,
                                                          augmentation=aug0, model=m0)}
             for r in s.mix_r:
-                row[f"+{small_src} r={r} (this run)"] = cell(summary, metric, regime="mixed", source=small_src,
-                                                             n_real=n, per_real=r, augmentation=aug0, model=m0)
+                row[f"+{small_src} r={r}{first_how} (this run)"] = cell(
+                    summary, metric, regime="mixed", source=small_src, n_real=n, per_real=r, augmentation=aug0,
+                    model=m0, **first_use)
             if metric == "iou":
                 real_iou, styled_iou = paper.IOU_SMALL[n].value if n in paper.IOU_SMALL else (None, None)
                 row["real (paper)"] = real_iou
-                if small_src == paper.SMALL_SOURCE:   # a paper value only beside the method that made it
+                if small_src == paper.SMALL_SOURCE and first.paper_way:   # only beside the method that made it
                     row[f"+{small_src} best r (paper)"] = styled_iou
             rows.append(row)
         small[table] = pd.DataFrame(rows)
@@ -508,8 +699,26 @@ def paper_tables(summary: pd.DataFrame, run: Run, results: pd.DataFrame | None =
     return {name: t.astype(object).where(t.notna(), "—") for name, t in out.items()}
 
 
+def filter_table(run: Run) -> pd.DataFrame:
+    """The quality gate per synthetic set and threshold: the pairs made from (or dealt to) the training
+    images, how many the gate kept and dropped, and the median judge IoU (from the per-pair records in
+    ``segmentation/filter/<set>.csv``; empty when no run used a filter)."""
+    rows, s = [], run.cfg.segmentation
+    wanted = {f"kept_at_{t:g}" for t in s.synthetic_filter if t is not None}
+    for path in sorted(run.path("segmentation", "filter").glob("*.csv")):
+        if path.stem not in s.sources:
+            continue
+        pairs = pd.read_csv(path, dtype={"id": str, "source_id": str})
+        for col in (c for c in pairs.columns if c in wanted):
+            kept = int(pairs[col].astype(bool).sum())
+            rows.append({"source": path.stem, "judge IoU at least": float(col[len("kept_at_"):]),
+                         "pairs": len(pairs), "kept": kept, "dropped": len(pairs) - kept,
+                         "median judge IoU": round(float(pairs["judge_iou"].median()), 3)})
+    return pd.DataFrame(rows, columns=["source", "judge IoU at least", "pairs", "kept", "dropped", "median judge IoU"])
+
+
 # ------------------------------------------------------------------------------------ the stage
-TABLES = ("06_segmentation", "06_per_image", "06_summary", "06_paired", "06_sources", "06_validation")
+TABLES = ("06_segmentation", "06_per_image", "06_summary", "06_paired", "06_sources", "06_validation", "06_filter")
 
 
 def read_table(run: Run, name: str) -> pd.DataFrame:
@@ -518,7 +727,7 @@ def read_table(run: Run, name: str) -> pd.DataFrame:
     path = run.path("results", f"{name}.csv")
     if not path.exists():
         raise StageError(f"{path}: missing; run stage 06 (python run_all.py --only 06)")
-    return pd.read_csv(path, dtype={"image_id": str, "source": str, "n_real": str})
+    return pd.read_csv(path, dtype={"image_id": str, **TEXT_COLUMNS})
 
 
 def run_study(run: Run, force: bool = False) -> pd.DataFrame:
@@ -527,7 +736,8 @@ def run_study(run: Run, force: bool = False) -> pd.DataFrame:
     Saves results/06_segmentation (that table), 06_per_image (per test image, for paired tests),
     06_summary (mean and bootstrap CI per configuration, seeds pooled), 06_paired (Wilcoxon vs
     real-only), 06_sources (which synthetic sets were found), 06_validation (synthetic-only runs
-    tested with the checkpoint of either validation split) and 06_table3..6 (paper layout).
+    tested with the checkpoint of either validation split), 06_filter (pairs the quality gate kept)
+    and 06_table3..6 (paper layout).
     ``force`` recomputes the stage but reuses every finished configuration whose key (settings,
     data, synthetic set) is unchanged (on one machine its result is a function of that key). To
     retrain one, delete its folder under ``segmentation/``.
@@ -538,9 +748,9 @@ def run_study(run: Run, force: bool = False) -> pd.DataFrame:
         summary, paired = summary_with_tests(per_image, run.cfg)
         for name, table in (("06_sources", sources.drop(columns="folder")), ("06_per_image", per_image),
                             ("06_summary", summary), ("06_paired", paired), ("06_segmentation", results),
-                            ("06_validation", validation_choice(results))):
+                            ("06_validation", validation_choice(results)), ("06_filter", filter_table(run))):
             run.save_table(name, table, stage=STAGE)
-        for name, table in paper_tables(summary, run, results).items():
+        for name, table in paper_tables(summary, run, results, paired).items():
             run.save_table(f"06_table{name[1:]}", table, stage=STAGE)
         return results
 

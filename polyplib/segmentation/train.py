@@ -45,18 +45,20 @@ class TrainSettings:
     lr_after_drop: float = 1e-5
     batch_size: int = 16
     augmentation: str = "none"
+    synthetic_weight: float = 1.0     # the synthetic pairs' weight in the loss (1: one Dice loss over the batch)
     seed: int = 0
     num_workers: int = 0
     device: str = "cpu"
     progress: bool = False
 
     @classmethod
-    def of(cls, cfg, augmentation: str, seed: int) -> "TrainSettings":
-        """The run's protocol (``segmentation.*``, ``run.*``) for one augmentation and seed."""
+    def of(cls, cfg, augmentation: str, seed: int, synthetic_weight: float = 1.0) -> "TrainSettings":
+        """The run's protocol (``segmentation.*``, ``run.*``) for one augmentation, seed and synthetic weight."""
         s = cfg.segmentation
         return cls(epochs=s.epochs, patience=s.patience, lr=s.lr, lr_drop_epoch=s.lr_drop_epoch,
-                   lr_after_drop=s.lr_after_drop, batch_size=s.batch_size, augmentation=augmentation, seed=seed,
-                   num_workers=s.num_workers, device=cfg.run.device, progress=cfg.run.progress)
+                   lr_after_drop=s.lr_after_drop, batch_size=s.batch_size, augmentation=augmentation,
+                   synthetic_weight=synthetic_weight, seed=seed, num_workers=s.num_workers, device=cfg.run.device,
+                   progress=cfg.run.progress)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of a (0-based) epoch: lr, then lr_after_drop from lr_drop_epoch on."""
@@ -76,6 +78,21 @@ def dice_loss():
     from segmentation_models_pytorch.losses import DiceLoss
 
     return DiceLoss(mode="binary", from_logits=True)
+
+
+def batch_loss(loss_fn, logits: torch.Tensor, target: torch.Tensor, synthetic: torch.Tensor,
+               weight: float = 1.0) -> torch.Tensor:
+    """The loss of one batch. Weight 1 (the paper) or a batch without synthetic pairs: ``loss_fn`` over
+    the whole batch. Otherwise the loss of the real part and of the synthetic part, each weighted by its
+    number of pairs, the synthetic ones by ``weight`` too: a synthetic pair counts ``weight`` real ones."""
+    if weight == 1.0 or not bool(synthetic.any()):
+        return loss_fn(logits, target)
+    parts = [(~synthetic, 1.0), (synthetic, weight)]
+    total = sum(float(mask.sum()) * w for mask, w in parts)
+    if total == 0.0:                      # only synthetic pairs, weighted 0: nothing to learn from
+        return logits.sum() * 0.0
+    return sum(float(mask.sum()) * w * loss_fn(logits[mask], target[mask])
+               for mask, w in parts if w > 0 and bool(mask.any())) / total
 
 
 class _EpochSampler(torch.utils.data.Sampler):
@@ -158,12 +175,12 @@ def train_model(model: torch.nn.Module, plan: EpochPlan, val: PairPool | dict[st
             group["lr"] = lr
         model.train()
         losses, seen = [], 0
-        for x, y in loader:
+        for x, y, synthetic in loader:
             if len(x) < 2:          # BatchNorm cannot train on a single sample; only a trailing one
                 continue
             x, y = x.to(device, non_blocking=True, memory_format=layout), y.to(device, non_blocking=True)
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(predict_logits(model, x), y)
+            loss = batch_loss(loss_fn, predict_logits(model, x), y, synthetic.to(device), settings.synthetic_weight)
             loss.backward()
             optimiser.step()
             losses.append(float(loss.detach()))

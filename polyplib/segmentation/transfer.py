@@ -21,8 +21,8 @@ import pandas as pd
 from ..errors import StageError
 from ..runs import Run, atomic_write_text
 from ..training import resolve_device, torch_threads
-from .figures import config_label
-from .study import CONFIG_COLUMNS, GROUP_COLUMNS, Configuration, read_table, summary_with_tests
+from .study import (CONFIG_COLUMNS, GROUP_COLUMNS, Configuration, as_text, config_label, read_table,
+                    summary_with_tests)
 
 STAGE = "07"
 IN_DOMAIN = "in-domain"
@@ -106,7 +106,7 @@ def score_on_targets(run: Run, force: bool = False) -> pd.DataFrame:
             if model is not None:
                 print(f"[{i}/{len(results)}] {c.name}: tested on {', '.join(pools)} ({time.time() - t0:.1f} s)")
     per_image = pd.concat(frames, ignore_index=True)
-    return per_image.astype({"source": str, "n_real": str})[["target", *CONFIG_COLUMNS, "image_id", "dice", "iou"]]
+    return as_text(per_image)[["target", *CONFIG_COLUMNS, "image_id", "dice", "iou"]]
 
 
 # ----------------------------------------------------------------------------- tables
