@@ -1,8 +1,9 @@
 """Run every benchmark and write one record: ``results/summary.json`` and ``results/SUMMARY.md``.
 
     python benchmarks/run_benchmarks.py                 # all quick ones (about 17 min on 2 cores)
-    python benchmarks/run_benchmarks.py --with-study    # also the whole smoke and course studies and the
-                                                        # learned-vs-fixed sigma comparison (+80 min)
+    python benchmarks/run_benchmarks.py --with-study    # also the whole smoke and course studies, the
+                                                        # learned-vs-fixed sigma comparison, the ways to use
+                                                        # imperfect synthetic pairs and the colour study (+2.5 h)
     python benchmarks/run_benchmarks.py --with-tests    # also the test suite and CI from a fresh clone (+40 min)
     python benchmarks/run_benchmarks.py --only ddpm_train metrics
 
@@ -23,7 +24,7 @@ from record import RESULTS, machine, write_record
 
 HERE = Path(__file__).resolve().parent
 QUICK = ["phantom", "ddpm_train", "cpu_layout", "sampling", "metrics", "min_images", "segmentation"]
-STUDY = ["study_smoke", "study_course", "variance", "style"]
+STUDY = ["study_smoke", "study_course", "variance", "style", "synthetic_use", "colour"]
 #: run on a GPU machine (its reference point is hours on a CPU); summarised whenever its record exists
 GPU = ["inpaint_budget"]
 #: the README's test command and CI's script, each from a fresh clone of HEAD (--with-tests)
@@ -33,6 +34,16 @@ SUITE = ["tests", "ci"]
 def _command(name: str) -> list[str]:
     if name.startswith("study_"):
         return [sys.executable, str(HERE / "bench_study.py"), "--profile", name.split("_", 1)[1]]
+    if name == "synthetic_use":
+        return [f"{r['label']}: IoU {r['iou']:.3f}" + (f", ΔIoU vs real {r['diff']:+.3f} [{r['diff_lo']:+.3f}, "
+                f"{r['diff_hi']:+.3f}]" if "diff" in r else "") for r in rec.get("rows", [])] + [
+                f"{k}: {v}" for k, v in rec.get("must_show", {}).items()]
+    if name == "colour":
+        return [f"{rec.get('jitter')} colour jitter, step {step}: x0 at the first step outside the training colours "
+                f"{r['x0_outside']:.2f}, samples outside {r['samples_outside']:.2f}"
+                for step, r in rec.get("varied_colours", {}).items()] + (
+               [f"course phantom ({rec['course_colours']['steps']} steps): samples outside "
+                f"{rec['course_colours']['samples_outside']:.2f}"] if "course_colours" in rec else [])
     if name in SUITE:
         return [sys.executable, str(HERE / "bench_tests.py")] + (["--ci"] if name == "ci" else [])
     return [sys.executable, str(HERE / f"bench_{name}.py")]
@@ -86,6 +97,16 @@ def headline(name: str, rec: dict) -> list[str]:
                 f"{1000 * r['kid_minus_reference']:.2f} [{1000 * r['diff_lo']:.2f}, {1000 * r['diff_hi']:.2f}]"
                 for r in rec.get("points", []) if r.get("status") == "ok"] + [
                 f"cheapest indistinguishable from the reference: {best.get('method', 'none')}"]
+    if name == "synthetic_use":
+        return [f"{r['label']}: IoU {r['iou']:.3f}" + (f", ΔIoU vs real {r['diff']:+.3f} [{r['diff_lo']:+.3f}, "
+                f"{r['diff_hi']:+.3f}]" if "diff" in r else "") for r in rec.get("rows", [])] + [
+                f"{k}: {v}" for k, v in rec.get("must_show", {}).items()]
+    if name == "colour":
+        return [f"{rec.get('jitter')} colour jitter, step {step}: x0 at the first step outside the training colours "
+                f"{r['x0_outside']:.2f}, samples outside {r['samples_outside']:.2f}"
+                for step, r in rec.get("varied_colours", {}).items()] + (
+               [f"course phantom ({rec['course_colours']['steps']} steps): samples outside "
+                f"{rec['course_colours']['samples_outside']:.2f}"] if "course_colours" in rec else [])
     if name in SUITE:
         return [f"{rec['benchmark']}: {rec['wall_min']} min (goal {rec['goal_min']} min), exit {rec['returncode']}; "
                 + "; ".join(r["result"] for r in rec.get("pytest_runs", []))]

@@ -118,6 +118,11 @@ class DDPMSection(Section):
     num_head_channels: int = Field(paper.setting("ddpm.num_head_channels"), ge=1,
                                    description="channels per attention head (guided-diffusion "
                                    "num_head_channels; must divide the width of every attention level)")
+    norm_groups: int = Field(paper.setting("ddpm.norm_groups"), ge=1,
+                             description="GroupNorm groups (the authors: 32; narrower models use the largest "
+                             "divisor of every width). At 32 channels, 32 groups normalise every channel on its own, "
+                             "which keeps the model from passing its input's channel means to its output: "
+                             "diffusion/colour.py says why that matters")
     scale_shift_norm: bool = Field(paper.setting("ddpm.scale_shift_norm"),
                                    description="timestep embedding as scale and shift of the second "
                                    "GroupNorm (guided-diffusion use_scale_shift_norm)")

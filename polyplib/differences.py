@@ -131,7 +131,8 @@ def clusters(cfg, ctx: Context) -> Line:
 
 
 UNET_KEYS = ["ddpm.block_out_channels", "ddpm.layers_per_block", "ddpm.attention_resolutions",
-             "ddpm.num_head_channels", "ddpm.scale_shift_norm", "ddpm.resblock_updown", "ddpm.dropout"]
+             "ddpm.num_head_channels", "ddpm.norm_groups", "ddpm.scale_shift_norm", "ddpm.resblock_updown",
+             "ddpm.dropout"]
 
 
 def unet(cfg, ctx: Context) -> Line:

@@ -44,6 +44,8 @@ DDPM: dict[str, Fact] = {
                                                "\"16\"; the authors told users \"32,16,8 or 16,8\")"),
     "ddpm.num_head_channels": Fact(64, f"{A1}: num_head_channels 64"),
     "ddpm.scale_shift_norm": Fact(True, f"{A1}: use_scale_shift_norm True"),
+    "ddpm.norm_groups": Fact(32, "guided-diffusion nn.normalization: GroupNorm32(32, channels), 8 channels per group "
+                                 "at the authors' 256-channel first level"),
     "ddpm.resblock_updown": Fact(True, f"{A1}: resblock_updown True"),
     "ddpm.dropout": Fact(0.0, f"{A1}: dropout 0"),
     "ddpm.variance": Fact("learned_range", f"{A1}: learn_sigma True; loss MSE(eps) + L_vlb, use_kl False, "

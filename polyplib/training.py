@@ -179,12 +179,28 @@ def config_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: settings added after models were trained, at the value every earlier model had: left out of a weights
+#: key while they hold it, so a model trained before the setting existed is still found finished
+ADDED_AT_DEFAULT = {"ddpm.norm_groups": 32, "data.phantom.colour_jitter": None}
+
+
+def _without_added(prefix: str, values: dict) -> dict:
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            v = _without_added(f"{prefix}.{k}", v)
+        if f"{prefix}.{k}" not in ADDED_AT_DEFAULT or ADDED_AT_DEFAULT[f"{prefix}.{k}"] != v:
+            out[k] = v
+    return out
+
+
 def weights_key(section: str, settings: dict, cfg, ids: Sequence[str], processes: int | None) -> str:
     """The key that decides whether a model's weights can be reused: its ``settings`` (under the
     config ``section`` name), the data settings but not where the data lies, the sorted training ids
-    and, where given, the process count (the data order is split per process)."""
-    data = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k != "root"}
-    payload = {section: settings, "data": data, "ids": sorted(ids)}
+    and, where given, the process count (the data order is split per process). A setting of
+    ``ADDED_AT_DEFAULT`` at that value is left out: models trained before it existed keep their key."""
+    data = _without_added("data", {k: v for k, v in cfg.data.model_dump(mode="json").items() if k != "root"})
+    payload = {section: _without_added(section, settings), "data": data, "ids": sorted(ids)}
     if processes is not None:
         payload["processes"] = processes
     return config_key(payload)

@@ -62,3 +62,36 @@ def test_the_colour_jitter_phantom_varies_more_in_colour_and_keeps_its_own_folde
     jitter = phantom_sources(open_run("smoke", small + ["data.phantom.colour_jitter=0.3"], tmp_path / "b"))[0].folder
     assert plain.name.endswith("-n4") and jitter.name.endswith("-n4-jitter0.3")
     assert '"mucosa_jitter": 0.3' in (jitter / "phantom.json").read_text()
+
+
+def _dc_gain(unet, shift=0.1):
+    x = torch.randn(4, 4, 64, 64, generator=torch.Generator().manual_seed(1))
+    moved = x.clone()
+    moved[:, 0] += shift
+    t = torch.full((4,), 999)
+    with torch.no_grad():
+        return float((unet(moved, t).sample[:, 0].mean() - unet(x, t).sample[:, 0].mean()) / shift)
+
+
+def test_one_channel_per_group_blocks_the_input_channel_means_and_norm_groups_lets_them_through():
+    """The course's 32-channel first level with the authors' GroupNorm(32) normalises each channel alone, right
+    before the output layer: a shift of the input's red mean cannot reach the output's (even untrained)."""
+    from polyplib.diffusion.model import build_unet
+
+    authors = build_unet(load_config("course").ddpm, 64, seed=0).eval()
+    eight = build_unet(load_config("course", ["ddpm.norm_groups=8"]).ddpm, 64, seed=0).eval()
+    assert authors.config.norm_num_groups == 32 and eight.config.norm_num_groups == 8
+    blocked, passed = _dc_gain(authors), _dc_gain(eight)
+    assert abs(blocked) < 0.01 and abs(passed) > 10 * abs(blocked), (blocked, passed)
+
+
+def test_a_setting_added_at_its_old_value_keeps_the_keys_of_models_trained_before_it():
+    from polyplib.diffusion.train import BOOKKEEPING, model_key
+    from polyplib.training import ADDED_AT_DEFAULT, weights_key
+
+    cfg = load_config("course")           # the settings as they were before norm_groups existed
+    earlier = weights_key("ddpm", {k: v for k, v in cfg.ddpm.model_dump(mode="json").items()
+                                   if k not in BOOKKEEPING and k != "norm_groups"}, cfg, ["a", "b"], 1)
+    assert model_key(cfg, ["a", "b"], 1) == earlier and ADDED_AT_DEFAULT["ddpm.norm_groups"] == 32
+    assert model_key(load_config("course", ["ddpm.norm_groups=8"]), ["a", "b"], 1) != earlier
+    assert model_key(load_config("course", ["data.phantom.colour_jitter=0.3"]), ["a", "b"], 1) != earlier

@@ -98,7 +98,7 @@ def test_the_quality_gate_keeps_exactly_the_pairs_the_judge_agrees_with(corrupte
     # the gate depends on the judge: retraining the judge under other settings changes a filtered run's key
     other = _open(corrupted_run.dir, FAST + ["segmentation.epochs=5", "segmentation.synthetic_filter=[null,0.5]"])
     assert study.configuration_key(run, c) != study.configuration_key(other, c)
-    with pytest.raises(study.StageError, match="judge IoU of at least 1"):
+    with pytest.raises(study.GateLeftNothing, match="judge IoU of at least 1"):
         study._datasets(data, study.Configuration("mixed", "diff", None, 1, "none", "unet", 0, schedule="mixed",
                                                   synthetic_filter=1.0), run.cfg)
 
@@ -170,3 +170,29 @@ def test_the_words_about_harm_follow_the_paired_intervals():
     assert "**worse** than real-only training in 1 of 3" in text and "real + diff r=1 · control (-0.105" in text
     assert "judge IoU ≥ 0.5" in table.loc[1, "training data"] and "1 comparison(s) resolved no difference" in text
     assert "In none of the 1" in study.harm_sentence(paired.iloc[[2]])
+
+
+def test_the_benchmarks_worse_set_corrupts_half_of_the_masks_and_no_image(corrupted_run, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from polyplib.data.imageio import read_image, read_mask
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_synthetic_use import make_worse
+
+    source = corrupted_run.path("synthetic", "diff")
+    manifest = make_worse(source, tmp_path / "worse", seed=0)
+    kinds = manifest["corrupted"].value_counts()
+    assert kinds["none"] == len(manifest) - len(manifest) // 2 and kinds["moved"] + kinds["swapped"] == len(manifest) // 2
+    for _, r in manifest.iterrows():
+        before, after = (read_mask(f / "masks" / f"{r['file']}.png") for f in (source, tmp_path / "worse"))
+        assert (read_image(source / "images" / f"{r['file']}.png") ==
+                read_image(tmp_path / "worse" / "images" / f"{r['file']}.png")).all()
+        if r["corrupted"] == "none":
+            assert (before == after).all()
+        elif r["corrupted"] == "moved":              # a quarter of the frame down and right, nothing wrapped round
+            h, w = before.shape
+            assert (after[h // 4:, w // 4:] == before[:h - h // 4, :w - w // 4]).all() and not after[:h // 4].any()
+        else:
+            assert not (before == after).all()

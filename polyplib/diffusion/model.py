@@ -51,7 +51,7 @@ def unet_config(ddpm, resolution: int) -> dict:
                           f"(and of the middle block): {sorted(set(bad))} in ddpm.block_out_channels={channels}")
     plain_down, plain_up = ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if ddpm.resblock_updown \
         else ("DownBlock2D", "UpBlock2D")
-    groups = math.gcd(32, *channels)   # guided-diffusion: GroupNorm(32); narrower test models need fewer
+    groups = math.gcd(ddpm.norm_groups, *channels)   # guided-diffusion: GroupNorm(32); narrower models need fewer
     return dict(
         sample_size=resolution, in_channels=IN_CHANNELS, out_channels=out_channels(ddpm.variance),
         layers_per_block=ddpm.layers_per_block, block_out_channels=tuple(channels),

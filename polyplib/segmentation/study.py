@@ -383,12 +383,18 @@ def _datasets(data: _Data, c: Configuration, cfg: StudyConfig) -> tuple[EpochPla
             {"real": real_val}, "real")
 
 
+class GateLeftNothing(StageError):
+    """The quality gate dropped every pair of a set: the configuration cannot train (and is skipped)."""
+
+
 def _synthetic_fit(data: _Data, c: Configuration, fit_ids) -> PairPool:
     syn = data.synthetic(c.source, fit_ids, c.synthetic_filter)
     if len(syn) == 0:
-        gate = f" with a judge IoU of at least {c.synthetic_filter:g}" if c.synthetic_filter is not None else ""
-        raise StageError(f"synthetic set '{c.source}' has no accepted pairs{gate} made from the training images "
-                         f"({data.run.path('synthetic', c.source, 'manifest.csv')})")
+        where = data.run.path("synthetic", c.source, "manifest.csv")
+        if c.synthetic_filter is not None and len(data.synthetic(c.source, fit_ids)):
+            raise GateLeftNothing(f"no pair of synthetic set '{c.source}' made from the training images has a judge "
+                                  f"IoU of at least {c.synthetic_filter:g} ({where}; see segmentation/filter/)")
+        raise StageError(f"synthetic set '{c.source}' has no accepted pairs made from the training images ({where})")
     return syn
 
 
@@ -486,7 +492,11 @@ def run_plan(run: Run, configs: list[Configuration] | None = None) -> tuple[pd.D
     with torch_threads(run.cfg.run.torch_threads, resolve_device(run.cfg.run.device)):
         for i, c in enumerate(configs, 1):
             t0 = time.time()
-            scores = run_configuration(run, c, data)
+            try:
+                scores = run_configuration(run, c, data)
+            except GateLeftNothing as exc:      # a set the gate empties: said, and its cells stay empty
+                print(f"[{i}/{len(configs)}] {c.name}: skipped: {exc}")
+                continue
             result = json.loads(run.path("segmentation", c.name, "result.json").read_text())
             last = f", {STILL_IMPROVING} still improving" if result["best_is_last"] else ""
             print(f"[{i}/{len(configs)}] {c.name}: IoU {result['iou']:.3f}, Dice {result['dice']:.3f}; best epoch "
