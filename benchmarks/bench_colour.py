@@ -24,6 +24,7 @@ The record is rewritten after every measurement. Usage (about 25 min on 2 cores)
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -139,6 +140,8 @@ def main() -> None:
     ap.add_argument("--jitter", type=float, default=0.3)
     ap.add_argument("--sample-steps", type=int, default=100)
     ap.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="default: all")
+    ap.add_argument("--course-only", action="store_true", help="measure only --course-run's model; keep the "
+                    "variants of the existing record")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-colour")
     ap.add_argument("--course-run", type=Path, default=None)
     ap.add_argument("--set", action="append", default=[], help="more overrides (tests: tiny sizes)")
@@ -152,7 +155,9 @@ def main() -> None:
               "seeds": SEEDS, "variants": {},
               "x0_amplification_at_T": round(amplification(dict(build_scheduler(load_config("course").ddpm).config)), 1)}
     started = time.time()
-    for name in args.variant or list(VARIANTS):
+    if args.course_only and args.out.exists():
+        record["variants"] = json.loads(args.out.read_text())["variants"]
+    for name in [] if args.course_only else args.variant or list(VARIANTS):
         measure_variant(name, VARIANTS[name], args, record)
     if args.course_run:
         from polyplib.runs import Run

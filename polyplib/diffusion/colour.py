@@ -3,10 +3,13 @@
 Why: a DDPM decides a sample's global colour in its first, noisiest steps. There its prediction of the
 clean frame is x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): with the linear schedule abar_T is
 about 4e-5, so an error of 0.001 in the predicted noise's channel mean moves x0's channel mean by
-0.16 (x 1 / sqrt(abar_T)), and the sampler clips x0 to [-1, 1]. A model that has not yet learnt the
-noise's channel means to that precision pins colour channels at the clip bounds, and its samples come
-out green, cyan, magenta or yellow. The MSE loss hardly sees that error (a channel-mean error of 1e-3
-adds 1e-6 to the per-pixel MSE), so it is learnt late: a matter of training length, not a bug.
+0.16 (x 1 / sqrt(abar_T)), and the sampler clips x0 to [-1, 1]. To predict the noise's channel means
+the network must pass its input's on to its output. With the authors' GroupNorm(32) at a 32-channel
+first level (the course's UNet), every group is one channel, and the normalisation before the output
+layer removes each channel's mean: the path does not exist (``ddpm.norm_groups`` opens it). Even where
+it exists, the loss hardly rewards it (a channel-mean error of 1e-3 adds 1e-6 to the per-pixel MSE), so
+it is learnt late. A model without it pins colour channels at the clip bounds in its first steps, and
+its samples come out green, cyan, magenta or yellow (``benchmarks/bench_colour.py`` measures both).
 
 Colours are summarised per frame by two opponent channel means in the model's [-1, 1] units:
 red - green and (red + green) / 2 - blue. A frame is "outside" when either lies outside the minimum
