@@ -34,16 +34,6 @@ SUITE = ["tests", "ci"]
 def _command(name: str) -> list[str]:
     if name.startswith("study_"):
         return [sys.executable, str(HERE / "bench_study.py"), "--profile", name.split("_", 1)[1]]
-    if name == "synthetic_use":
-        return [f"{r['label']}: IoU {r['iou']:.3f}" + (f", ΔIoU vs real {r['diff']:+.3f} [{r['diff_lo']:+.3f}, "
-                f"{r['diff_hi']:+.3f}]" if "diff" in r else "") for r in rec.get("rows", [])] + [
-                f"{k}: {v}" for k, v in rec.get("must_show", {}).items()]
-    if name == "colour":
-        return [f"{rec.get('jitter')} colour jitter, step {step}: x0 at the first step outside the training colours "
-                f"{r['x0_outside']:.2f}, samples outside {r['samples_outside']:.2f}"
-                for step, r in rec.get("varied_colours", {}).items()] + (
-               [f"course phantom ({rec['course_colours']['steps']} steps): samples outside "
-                f"{rec['course_colours']['samples_outside']:.2f}"] if "course_colours" in rec else [])
     if name in SUITE:
         return [sys.executable, str(HERE / "bench_tests.py")] + (["--ci"] if name == "ci" else [])
     return [sys.executable, str(HERE / f"bench_{name}.py")]
@@ -102,11 +92,12 @@ def headline(name: str, rec: dict) -> list[str]:
                 f"{r['diff_hi']:+.3f}]" if "diff" in r else "") for r in rec.get("rows", [])] + [
                 f"{k}: {v}" for k, v in rec.get("must_show", {}).items()]
     if name == "colour":
-        return [f"{rec.get('jitter')} colour jitter, step {step}: x0 at the first step outside the training colours "
-                f"{r['x0_outside']:.2f}, samples outside {r['samples_outside']:.2f}"
-                for step, r in rec.get("varied_colours", {}).items()] + (
-               [f"course phantom ({rec['course_colours']['steps']} steps): samples outside "
-                f"{rec['course_colours']['samples_outside']:.2f}"] if "course_colours" in rec else [])
+        course = rec.get("course_colours")
+        return [f"{name_}, step {step}: samples outside the training colours {r['samples_outside']:.2f}, "
+                f"channel-mean shift passed {r['dc_gain_at_T']}" for name_, v in rec.get("variants", {}).items()
+                for step, r in v["by_step"].items()] + (
+               [f"course run's Full model ({course['steps']} steps): samples outside {course['samples_outside']:.2f}, "
+                f"shift passed {course['dc_gain_at_T']}"] if isinstance(course, dict) else [])
     if name in SUITE:
         return [f"{rec['benchmark']}: {rec['wall_min']} min (goal {rec['goal_min']} min), exit {rec['returncode']}; "
                 + "; ".join(r["result"] for r in rec.get("pytest_runs", []))]
