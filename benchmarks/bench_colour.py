@@ -75,7 +75,13 @@ def measure(unet, scheduler_config: dict, training: torch.Tensor, sample_steps: 
     return {"table": table.to_dict(orient="records"), "eps_channel_mean_mse_at_T": mean_error,
             "noise_channel_mean_variance": 1.0 / (training.shape[2] * training.shape[3]),
             "dc_gain_at_T": round(dc_gain(unet, scheduler_config), 4),
-            "x0_outside": float(table.iloc[1, -1]), "samples_outside": float(table.iloc[2, -1])}
+            "x0_outside": _share(table.iloc[1, -1]), "samples_outside": _share(table.iloc[2, -1])}
+
+
+def _share(count: str) -> float:
+    """"k of n" -> k / n."""
+    k, n = count.split(" of ")
+    return int(k) / int(n)
 
 
 def training_frames(run) -> torch.Tensor:

@@ -39,7 +39,7 @@ def test_the_colour_table_flags_frames_outside_the_training_colours():
     green = frame.clone()
     green[:, 0], green[:, 1], green[:, 2] = -1.0, 1.0, -1.0               # a clipped, saturated green
     table = colour_table(training, drawn=torch.cat([frame, green]))
-    assert table["outside the training frames' colours"].tolist() == [0.0, 0.5]
+    assert table["outside the training frames' colours"].tolist() == ["0 of 3", "1 of 2"]
     assert table.loc[1, "red − green: min"] == -2.0 and table.loc[0, "n"] == 3
 
 

@@ -67,14 +67,14 @@ def amplification(scheduler_config: dict) -> float:
 
 def colour_table(training: torch.Tensor | np.ndarray, **drawn: torch.Tensor) -> pd.DataFrame:
     """One row for the training frames (N x C x H x W in [-1, 1], or their ``dataset_colours``), then one
-    per set of drawn frames (name -> N x C x H x W): the range of each opponent mean and the share of
-    frames outside the box the training frames span (a colour no training frame has)."""
+    per set of drawn frames (name -> N x C x H x W): the range of each opponent mean and how many frames
+    lie outside the box the training frames span (a colour no training frame has), as "k of n"."""
     ref = training if isinstance(training, np.ndarray) and training.ndim == 2 else opponent_means(training)
     lo, hi = ref.min(axis=0), ref.max(axis=0)
     rows = []
     for name, frames in {"training frames": ref, **drawn}.items():
         m = frames if isinstance(frames, np.ndarray) and frames.ndim == 2 else opponent_means(frames)
-        outside = ((m < lo) | (m > hi)).any(axis=1).mean()
+        outside = int(((m < lo) | (m > hi)).any(axis=1).sum())      # a count: a few samples give no rate
         rows.append([name, len(m), *np.round([m[:, 0].min(), m[:, 0].max(), m[:, 1].min(), m[:, 1].max()], 3),
-                     round(float(outside), 3)])
+                     f"{outside} of {len(m)}"])
     return pd.DataFrame(rows, columns=COLUMNS)
