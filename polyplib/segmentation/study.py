@@ -170,6 +170,12 @@ def primary_augmentation(cfg: StudyConfig) -> str:
     return "control" if "control" in augs else augs[0]
 
 
+def _use(s, schedule: str, synthetic_filter: float | None) -> dict:
+    """How a real + synthetic run uses its pairs; the loss weight applies to the mixed schedule only."""
+    return {"schedule": schedule, "synthetic_filter": synthetic_filter,
+            "synthetic_weight": s.synthetic_weight if schedule == "mixed" else 1.0}
+
+
 def plan(cfg: StudyConfig, available_sources: list[str]) -> list[Configuration]:
     """The configurations the paper's tables need, each for every seed; no duplicates.
 
@@ -188,8 +194,7 @@ def plan(cfg: StudyConfig, available_sources: list[str]) -> list[Configuration]:
         available_sources[0] if available_sources else None)
 
     def use(schedule: str, synthetic_filter: float | None) -> dict:
-        return {"schedule": schedule, "synthetic_filter": synthetic_filter,
-                "synthetic_weight": s.synthetic_weight if schedule == "mixed" else 1.0}
+        return _use(s, schedule, synthetic_filter)
 
     first = use(s.synthetic_schedule[0], s.synthetic_filter[0])
     groups: list[tuple] = []
@@ -609,8 +614,7 @@ def validation_choice(results: pd.DataFrame) -> pd.DataFrame:
 def _mixed_uses(s, source: str | None, augmentation: str, model: str) -> list[Configuration]:
     """The real + synthetic configurations of Table 4 for one source (seed 0), in the plan's order: every
     schedule x filter listed, the first of them the one the other tables use."""
-    return [Configuration("mixed", source, None, s.mix_r_full, augmentation, model, 0, schedule=sch,
-                          synthetic_filter=f, synthetic_weight=s.synthetic_weight if sch == "mixed" else 1.0)
+    return [Configuration("mixed", source, None, s.mix_r_full, augmentation, model, 0, **_use(s, sch, f))
             for sch in s.synthetic_schedule for f in s.synthetic_filter]
 
 
