@@ -58,7 +58,7 @@ def dc_gain(unet, scheduler_config: dict, shift: float = 0.1) -> float:
 def measure(unet, scheduler_config: dict, training: torch.Tensor, sample_steps: int) -> dict:
     from polyplib.diffusion.colour import colour_table, x0_at_first_step
     from polyplib.diffusion.gaussian import Chain
-    from polyplib.sampling.unconditional import sample_tensor
+    from polyplib.diffusion.unconditional import sample_tensor
 
     with torch.no_grad():
         x0 = x0_at_first_step(unet, scheduler_config, SEEDS)
@@ -103,7 +103,7 @@ VARIANTS = {"groups-32": [], "groups-8": ["ddpm.norm_groups=8"]}
 
 
 def measure_variant(name: str, overrides: list[str], args, record: dict) -> None:
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.diffusion.clustering import cluster_training_set
     from polyplib.diffusion.model import load_pipeline, model_dir
     from polyplib.diffusion.train import train_one

@@ -58,7 +58,7 @@ def main() -> int:
         prepare(args.profile, folder)
     overrides = [*COMMON, f"sampling.budget_study.pairs={args.pairs}", f"sampling.batch_size={args.batch}", *args.set]
     run = open_run(args.profile, overrides, run_dir=folder)
-    from polyplib.sampling import budget_points, sample_methods
+    from polyplib.sampling.stage import budget_points, sample_methods
 
     if args.phase in ("all", "sample"):
         info = machine()
@@ -69,7 +69,8 @@ def main() -> int:
         return 0
     import json
 
-    from polyplib.metrics import InceptionFeatures, resolve_fid_weights
+    from polyplib.features.inception import InceptionFeatures
+    from polyplib.features.inception_weights import resolve_fid_weights
     from polyplib.metrics.budget import cheapest_indistinguishable, budget_table
 
     m = run.cfg.metrics

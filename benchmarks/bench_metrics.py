@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from polyplib.metrics.fid import InceptionFeatures, fid_from_features, statistics  # noqa: E402
-from polyplib.metrics.inception_weights import resolve_fid_weights  # noqa: E402
+from polyplib.features.inception import InceptionFeatures  # noqa: E402
+from polyplib.metrics.fid import fid_from_features, statistics  # noqa: E402
+from polyplib.features.inception_weights import resolve_fid_weights  # noqa: E402
 from polyplib.metrics.msssim import msssim_pairs  # noqa: E402
 from record import machine, write_record  # noqa: E402
 

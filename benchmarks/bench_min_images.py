@@ -123,10 +123,10 @@ def main() -> None:
     args = parser.parse_args()
     info = machine()
 
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.data.prepared import load_dataset
-    from polyplib.metrics.fid import InceptionFeatures, cached_features
-    from polyplib.metrics.inception_weights import resolve_fid_weights
+    from polyplib.features.inception import InceptionFeatures, cached_features
+    from polyplib.features.inception_weights import resolve_fid_weights
     from polyplib.runs import open_run
 
     with tempfile.TemporaryDirectory(prefix="bench-min-images-") as tmp:

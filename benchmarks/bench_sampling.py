@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from polyplib.sampling.postprocess import dilate, scaled_px  # noqa: E402
+from polyplib.synthetic.postprocess import dilate, scaled_px  # noqa: E402
 from polyplib.sampling.repaint import repaint  # noqa: E402
-from polyplib.sampling.unconditional import sample_unconditional  # noqa: E402
+from polyplib.diffusion.unconditional import sample_unconditional  # noqa: E402
 from record import machine, write_record  # noqa: E402
 
 RESOLUTION = 64

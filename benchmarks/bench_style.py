@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from polyplib.sampling.feature_nets import FeatureNets, vgg_features  # noqa: E402
 from polyplib.sampling.guided import StyleSettings, guided_style  # noqa: E402
-from polyplib.sampling.postprocess import dilate, scaled_px  # noqa: E402
+from polyplib.synthetic.postprocess import dilate, scaled_px  # noqa: E402
 from record import machine, write_record  # noqa: E402
 
 MODEL = ["ddpm.block_out_channels=[32,64,64]", "ddpm.layers_per_block=1", "ddpm.attention_resolutions=[16]"]

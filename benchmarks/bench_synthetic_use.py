@@ -65,7 +65,7 @@ def make_worse(source: Path, target: Path, seed: int, share: float = 0.5) -> pd.
 
     from polyplib.data.imageio import read_mask, write_png
     from polyplib.runs import atomic_write_text
-    from polyplib.segmentation.data import read_synthetic_manifest
+    from polyplib.synthetic.folder import read_manifest as read_synthetic_manifest
 
     manifest = read_synthetic_manifest(source)
     shutil.rmtree(target, ignore_errors=True)

@@ -42,8 +42,7 @@ class Context:
     def of(cls, run) -> "Context":
         import json
 
-        from .sampling import absent_methods
-        from .metrics import singan_sources
+        from .synthetic.folder import absent_methods, sources_of
 
         try:
             meta = json.loads(run.path("run_meta.json").read_text())
@@ -52,7 +51,7 @@ class Context:
         device = meta.get("device") or {}
         gpus = device.get("gpus")
         text = (", ".join(gpus) if gpus else "CPU only") + f" ({device.get('cpu_count', '?')} cores)" if device else None
-        return cls(absent_methods(run), singan_sources(run), text)
+        return cls(absent_methods(run), sources_of(run, "singan"), text)
 
 
 def _show(value: Any) -> str:

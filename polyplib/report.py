@@ -56,6 +56,12 @@ def _fidelity(df):
     return fidelity_display(df)
 
 
+def _memorisation(df):
+    from .metrics.copies import memorisation_display
+
+    return memorisation_display(df)
+
+
 def _comparison(df):
     from .gan.figures import comparison_display
 
@@ -70,7 +76,9 @@ def _gate(df: pd.DataFrame) -> pd.DataFrame:
 
 SECTIONS = [
     Section("04", "Fidelity and diversity (notebook 04)",
-            "FID and KID against the real training images (mean ± sd over independent sample sets) and "
+            "FID and KID against the real training images (mean ± sd over independent sample sets), as the paper "
+            "measures them, and against the held-out real test images (which no model saw: the columns that answer "
+            "'does it look real', since an inpainted frame is mostly its own training frame), and "
             "MS-SSIM within each set (lower = more diverse); the paper's values in their own column. A set (or real "
             "reference) with fewer images than `metrics.min_images` has no FID, KID or MS-SSIM: its row says 'too few "
             "images' with its n.",
@@ -79,10 +87,14 @@ SECTIONS = [
              ("04_label_fidelity", "Label fidelity (IoU of each generated mask with a real-only segmenter's "
               "prediction; real test images as reference) and the seam check (accuracy of a classifier telling "
               "generated from real polyp regions; 0.5 = indistinguishable), with 95 % intervals", _fidelity),
+             ("04_memorisation", "Near-copies of real images: share of pairs whose polyp region (or whole frame, or "
+              "Inception features) is closer to a training image than the 1st percentile of the training images' "
+              "distances to each other, and held-out test images found in the set; the test images themselves "
+              "as the reference", _memorisation),
              ("04_budget", "Inpainting samplers, quality against cost (`sampling.budget_study`): KID x 1000 of the "
               "redrawn regions with 95 % bootstrap intervals, the paired difference to the authors' 960-call "
               "schedule, UNet calls and seconds per pair", _budget)],
-            ["04_fid", "04_msssim", "04_label_fidelity", "04_budget"]),
+            ["04_fid", "04_msssim", "04_label_fidelity", "04_memorisation", "04_budget"]),
     Section("05", "GANs versus diffusion (notebook 05)",
             "Every generator trained on this run's data at this run's resolution; compute measured on this "
             "run's device, paper-scale cost extrapolated (labelled as such).",

@@ -19,6 +19,8 @@ class Stage:
     title: str
     depends_on: tuple[str, ...]  # dotted configuration keys whose values decide the stage's results
     upstream: tuple[str, ...] = ()  # ids of the stages whose artefacts this stage reads
+    version: int = 1            # raised when the stage's artefacts change shape: its cached results are recomputed
+    entry: str = ""             # the stage's entry point, module:function (every stage: <package>.stage:run_stage)
 
 
 #: the settings of the real-only segmenter that judges label fidelity in stages 04 and 05 (metrics.fidelity)
@@ -27,13 +29,19 @@ JUDGE = ("segmentation.models", "segmentation.encoder", "segmentation.encoder_we
          "segmentation.batch_size", "segmentation.val_fraction", "segmentation.augmentation")
 
 STAGES: tuple[Stage, ...] = (
-    Stage("01", "data", "01_data_prep.ipynb", "Data preparation", ("data",)),
-    Stage("02", "ddpm", "02_ddpm_training.ipynb", "DDPM training", ("clustering", "ddpm"), ("01",)),
-    Stage("03", "sampling", "03_sampling.ipynb", "Sampling synthetic pairs", ("sampling",), ("01", "02")),
-    Stage("04", "metrics", "04_fid_msssim.ipynb", "FID and MS-SSIM", ("metrics", *JUDGE), ("01", "03")),
-    Stage("05", "gan", "05_gan_comparison.ipynb", "GAN comparison", ("gan", "metrics", *JUDGE), ("01", "02", "03")),
-    Stage("06", "segmentation", "06_segmentation.ipynb", "Segmentation", ("segmentation",), ("01", "03", "05")),
-    Stage("07", "transfer", "07_transfer.ipynb", "Transfer tests", ("segmentation",), ("01", "06")),
+    Stage("01", "data", "01_data_prep.ipynb", "Data preparation", ("data",), entry="polyplib.data.stage:run_stage"),
+    Stage("02", "ddpm", "02_ddpm_training.ipynb", "DDPM training", ("clustering", "ddpm"), ("01",),
+          entry="polyplib.diffusion.stage:run_stage"),
+    Stage("03", "sampling", "03_sampling.ipynb", "Sampling synthetic pairs", ("sampling",), ("01", "02"),
+          entry="polyplib.sampling.stage:run_stage"),
+    Stage("04", "metrics", "04_fid_msssim.ipynb", "FID and MS-SSIM", ("metrics", *JUDGE), ("01", "03"), version=2,
+          entry="polyplib.metrics.stage:run_stage"),
+    Stage("05", "gan", "05_gan_comparison.ipynb", "GAN comparison", ("gan", "metrics", *JUDGE), ("01", "02", "03"),
+          entry="polyplib.gan.stage:run_stage"),
+    Stage("06", "segmentation", "06_segmentation.ipynb", "Segmentation", ("segmentation",), ("01", "03", "05"),
+          entry="polyplib.segmentation.stage:run_stage"),
+    Stage("07", "transfer", "07_transfer.ipynb", "Transfer tests", ("segmentation",), ("01", "06"),
+          entry="polyplib.transfer.stage:run_stage"),
 )
 
 
@@ -49,7 +57,7 @@ def stage_keys(cfg: StudyConfig) -> dict[str, str]:
     """Cache key of every stage: hash of its own configuration and of its upstream stages' keys."""
     keys: dict[str, str] = {}
     for stage in STAGES:
-        salt = "|".join(keys[u] for u in stage.upstream)
+        salt = "|".join(keys[u] for u in stage.upstream) + (f"|v{stage.version}" if stage.version > 1 else "")
         keys[stage.id] = hash_sections(cfg, stage.depends_on, salt=salt)
     return keys
 

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A run of the smoke profile shrunk further, with stage 01 done (shared, do not modify)."""
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.runs import open_run
 
     run = open_run("smoke", ["data.phantom.n_source=40", "data.phantom.n_target=12",

@@ -17,7 +17,7 @@ from PIL import Image
 
 from polyplib.data.__main__ import main
 from polyplib.data.loaders import LAYOUTS, detect_layout, find_duplicates, find_pairs, load_pair
-from polyplib.data.prepare import prepare_data
+from polyplib.data.stage import run_stage as prepare_data
 from polyplib.data.prepared import load_dataset
 from polyplib.errors import DataError
 from polyplib.runs import open_run

@@ -55,7 +55,8 @@ def finished_model(ddpm_run, tmp_path_factory):
 def _samples(pipe, n, seed, steps=None, sampler="ddpm"):
     """(n x 4 x H x W tensor in [-1, 1], UNet calls) from the one unconditional sampler; sample k has the seed
     ``pair_seed(seed, "samples", k)``, as the notebook and the training grids draw them."""
-    from polyplib.sampling.unconditional import pair_seed, sample_tensor
+    from polyplib.diffusion.unconditional import sample_tensor
+    from polyplib.synthetic.generate import pair_seed
 
     config = dict(pipe.scheduler.config)
     seeds = [pair_seed(seed, "samples", k) for k in range(n)]
@@ -132,7 +133,7 @@ def test_final_folder_reloads_as_a_pipeline_and_splits_image_and_mask(finished_m
 
     from polyplib.diffusion.dataset import from_tensor
     from polyplib.diffusion.model import load_pipeline
-    from polyplib.sampling.unconditional import split_pair
+    from polyplib.diffusion.unconditional import split_pair
 
     cfg, ids, folder = finished_model
     pipe = DDPMPipeline.from_pretrained(str(folder))
@@ -212,7 +213,7 @@ def test_compare_variance_trains_a_fixed_sigma_full_model_alike(tiny_run, tmp_pa
     from diffusers import DDPMPipeline
 
     from polyplib.diffusion.train import model_key, train_all
-    from polyplib.sampling import planned_methods
+    from polyplib.sampling.stage import planned_methods
 
     run = _run(tiny_run, tmp_path, ["ddpm.max_steps=2", "ddpm.sample_every=100", "ddpm.train_clusters=false",
                                     "ddpm.compare_variance=true"])

@@ -100,7 +100,7 @@ def test_unet_layout_follows_config():
 def test_missing_inception_weights_fail_clearly(tmp_path, monkeypatch):
     """Clustering's Inception (stage 04's feature path) names the missing weights and the way out."""
     from polyplib.diffusion.clustering import inception_extractor
-    from polyplib.metrics import inception_weights as iw
+    from polyplib.features import inception_weights as iw
 
     def cfg(*more):
         return load_config("smoke", [f"metrics.cache_dir={tmp_path / 'cache'}", *more])
@@ -162,7 +162,7 @@ def test_handcrafted_clustering_keeps_every_pair(tiny_run):
 def test_inception_clustering_uses_the_real_weights(tiny_run, tmp_path, tmp_path_factory, monkeypatch):
     from polyplib.data.prepared import load_dataset
     from polyplib.diffusion import clustering
-    from polyplib.metrics.inception_weights import FID_HELPER_SHA256
+    from polyplib.features.inception_weights import FID_HELPER_SHA256
 
     prepared = load_dataset(tiny_run)
     ids = prepared.ids("train")[:6]

@@ -68,7 +68,7 @@ def stats(x: torch.Tensor) -> dict:
 
 @slow
 def test_few_step_samplers_draw_what_ddpm_1000_draws(trained):
-    from polyplib.sampling.unconditional import sample_tensor
+    from polyplib.diffusion.unconditional import sample_tensor
 
     unet, config = trained
     seeds = list(range(64))
@@ -89,7 +89,7 @@ def test_dpm_solver_without_clipping_is_what_the_test_catches(trained):
     """The same comparison fails for the old scheduler (no thresholding): the test can fail."""
     from diffusers import DPMSolverMultistepScheduler
 
-    from polyplib.sampling.unconditional import epsilon, sample_tensor
+    from polyplib.diffusion.unconditional import epsilon, sample_tensor
 
     unet, config = trained
     seeds = list(range(64))
@@ -109,7 +109,7 @@ def test_dpm_solver_without_clipping_is_what_the_test_catches(trained):
 def test_dpm_solver_and_ddim_walk_the_same_ode(trained):
     """Both are deterministic solvers of one probability-flow ODE with x0 clipped: from the same noise,
     DPM-Solver++ at 25 steps lands where DDIM at 200 steps does (much closer than to other noise)."""
-    from polyplib.sampling.unconditional import sample_tensor
+    from polyplib.diffusion.unconditional import sample_tensor
 
     unet, config = trained
     seeds = list(range(16))

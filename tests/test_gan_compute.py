@@ -152,7 +152,7 @@ def _metrics():
 
 
 def test_comparison_table_is_this_runs_numbers_with_paper_columns_apart(run):
-    from polyplib.gan import comparison_table
+    from polyplib.gan.stage import comparison_table
     from polyplib.gan.compute import compute_table
 
     fid, ms = _metrics()
@@ -218,7 +218,7 @@ def test_a_set_with_too_few_images_has_no_fid_in_the_comparison(run):
     (named under the axes instead); the other sets are unchanged."""
     import matplotlib.pyplot as plt
 
-    from polyplib.gan import comparison_table
+    from polyplib.gan.stage import comparison_table
     from polyplib.gan.compute import compute_table
     from polyplib.gan.figures import comparison_display, fid_compute_figure
 

@@ -27,8 +27,8 @@ def run(tmp_path):
 
 
 def test_per_image_folders_are_imported_with_source_ids(tmp_path, run):
-    from polyplib.gan import import_singan_seg
-    from polyplib.sampling.writer import read_records
+    from polyplib.gan.published import import_singan_seg
+    from polyplib.synthetic.folder import read_records
 
     root = tmp_path / "singan-seg"
     for s, source in enumerate(["cju0qkwl35piu0993l0dewei2", "cju1amqw6p8pw0993d9gc5crl"]):

@@ -30,7 +30,7 @@ def test_singan_trains_on_one_pair_and_samples_at_its_size():
     from polyplib.data.phantom import render_frame
     from polyplib.data.preprocess import fit
     from polyplib.gan.singan import SinGANSettings, train_singan
-    from polyplib.sampling.postprocess import PostProcess, clean_mask
+    from polyplib.synthetic.postprocess import PostProcess, clean_mask
 
     torch.set_num_threads(1)
     image, mask = fit(*render_frame("A", 0, 3, scale=0.4), 40, "stretch")
@@ -67,7 +67,7 @@ def test_singan_model_round_trips_through_disk(tmp_path):
 
 @pytest.fixture(scope="module")
 def singan_run(tmp_path_factory):
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.gan.singan import sample_all, train_all
     from polyplib.runs import open_run
 
@@ -80,7 +80,7 @@ def singan_run(tmp_path_factory):
 def test_singan_set_has_source_ids_measured_cost_and_stage03_layout(singan_run):
     from polyplib.data.prepared import load_dataset
     from polyplib.gan.singan import singan_sources
-    from polyplib.sampling.writer import read_records
+    from polyplib.synthetic.folder import read_records
 
     run, table, summary = singan_run
     sources = singan_sources(run)

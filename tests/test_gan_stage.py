@@ -31,7 +31,7 @@ def run(stage05, tmp_path_factory):
     the GAN set has pairs to measure (the rejection rule itself is tested with the sampling stage)."""
     from polyplib.data.imageio import write_png
     from polyplib.data.phantom import render_frame
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.data.prepared import load_dataset
     from polyplib.data.preprocess import fit
     from polyplib.runs import open_run
@@ -70,13 +70,13 @@ def run(stage05, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tables(run):
-    from polyplib.gan import run_comparison
+    from polyplib.gan.stage import run_stage as run_comparison
 
     return run_comparison(run)
 
 
 def test_stage_writes_every_table_with_provenance(tables, run):
-    from polyplib.gan import TABLES
+    from polyplib.gan.stage import TABLES
 
     assert set(tables) == set(TABLES)
     for name in TABLES:
@@ -117,7 +117,7 @@ def test_comparison_has_this_runs_metrics_and_measured_compute(tables):
 
 
 def test_second_call_is_served_from_the_cache(tables, run, capsys):
-    from polyplib.gan import run_comparison
+    from polyplib.gan.stage import run_stage as run_comparison
 
     again = run_comparison(run)
     assert "cached results" in capsys.readouterr().out

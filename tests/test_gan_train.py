@@ -18,7 +18,7 @@ OVERRIDES = [
 
 
 def make_run(folder, extra=()):
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.runs import open_run
 
     run = open_run("smoke", OVERRIDES + list(extra), folder)
@@ -66,7 +66,7 @@ def resumed(tmp_path_factory):
 
 def test_gan_trains_samples_and_writes_the_stage03_layout(uninterrupted):
     from polyplib.data.prepared import PreparedSet
-    from polyplib.sampling.writer import read_records
+    from polyplib.synthetic.folder import read_records
 
     run, result, summary = uninterrupted
     folder = run.path("models", "gan")

@@ -187,11 +187,11 @@ def test_stage_02_uses_converted_models_and_stage_03_samples_them(tmp_path):
     """``ddpm.pretrained``: stage 02 trains nothing and says so; RePaint redraws with the converted model."""
     import pandas as pd
 
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.diffusion.train import train_all, train_one
     from polyplib.errors import StageError
     from polyplib.runs import open_run
-    from polyplib.sampling import sample_all
+    from polyplib.sampling.stage import run_stage as sample_all
     from polyplib.sampling.repaint import count_evaluations
 
     ckpt = tmp_path / "authors_full.pt"

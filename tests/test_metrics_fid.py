@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from polyplib.errors import StageError
-from polyplib.metrics import inception_weights as iw
-from polyplib.metrics.fid import (InceptionFeatures, clean_resize, fid_from_features, frechet_distance,
-                                  kid_from_features)
+from polyplib.features import inception_weights as iw
+from polyplib.features.inception import InceptionFeatures, clean_resize
+from polyplib.metrics.fid import fid_from_features, frechet_distance, kid_from_features
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def run(stage04, tmp_path_factory):
     styled-diff = domain B frames (another acquisition: must score a worse FID),
     uncond-ddpm-10 / -50 = single sets without sources."""
     from polyplib.data.phantom import render_frame
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.data.prepared import load_dataset
     from polyplib.data.preprocess import fit
     from polyplib.runs import open_run
@@ -83,7 +83,7 @@ def run(stage04, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tables(run):
-    from polyplib.metrics import evaluate
+    from polyplib.metrics.stage import run_stage as evaluate
 
     return evaluate(run)
 
@@ -137,7 +137,7 @@ def test_records_and_tables_are_written_with_provenance(tables, run):
 
 
 def test_second_call_is_served_from_the_cache(tables, run, capsys):
-    from polyplib.metrics import evaluate
+    from polyplib.metrics.stage import run_stage as evaluate
 
     again = evaluate(run)
     assert "cached results" in capsys.readouterr().out
@@ -147,7 +147,7 @@ def test_second_call_is_served_from_the_cache(tables, run, capsys):
 
 def test_real_features_are_cached_by_content(run):
     from polyplib.data.prepared import load_dataset
-    from polyplib.metrics.fid import data_key
+    from polyplib.features.inception import data_key
 
     ds = load_dataset(run)
     ids = ds.ids("train")
@@ -255,7 +255,7 @@ def test_msssim_window_rule_and_pairs():
 
 
 def test_independent_sets_from_the_manifest():
-    from polyplib.metrics import split_sets
+    from polyplib.metrics.stage import split_sets
 
     m = pd.DataFrame({"id": [f"x{k}{i}" for k in range(3) for i in range(4)],
                       "source_id": [f"s{i}" for _ in range(3) for i in range(4)],
@@ -270,7 +270,7 @@ def test_independent_sets_from_the_manifest():
 
 
 def test_no_weights_means_no_fid_anywhere(stage04, tmp_path, capsys):
-    from polyplib.metrics import evaluate
+    from polyplib.metrics.stage import run_stage as evaluate
     from polyplib.runs import open_run
 
     run = open_run("smoke", _options(str(tmp_path / "cache")) + [f"metrics.fid_weights={tmp_path}/none.pth"],
@@ -311,7 +311,7 @@ def test_a_run_without_synthetic_sets_reports_them_absent(stage04, run, tmp_path
     """Same data as the module's run (copied; the cached real features are reused), no synthetic/."""
     import shutil
 
-    from polyplib.metrics import evaluate
+    from polyplib.metrics.stage import run_stage as evaluate
     from polyplib.metrics.review import demo_ratings, score_review
     from polyplib.runs import open_run
 
@@ -348,7 +348,8 @@ def test_a_set_below_min_images_gets_no_fid_kid_or_msssim_and_says_why(stage04, 
     the held-out test images (6) and the unconditional sets (4) are refused everywhere, with their n."""
     import matplotlib.pyplot as plt
 
-    from polyplib.metrics import evaluate, figures
+    from polyplib.metrics import figures
+from polyplib.metrics.stage import run_stage as evaluate
 
     other = _copy(run, tmp_path, ["metrics.min_images=8"])
     out = evaluate(other)
@@ -407,7 +408,8 @@ def test_smoke_tables_show_too_few_images(stage04, run, tmp_path):
     real references too, and no Inception feature is extracted; the tables, the JSON and the figures say so."""
     import matplotlib.pyplot as plt
 
-    from polyplib.metrics import evaluate, figures
+    from polyplib.metrics import figures
+from polyplib.metrics.stage import run_stage as evaluate
 
     other = _copy(run, tmp_path)
     assert other.cfg.metrics.min_images == 100

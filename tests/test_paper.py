@@ -194,7 +194,7 @@ def test_a_diffusion_set_of_another_method_gets_no_paper_value():
     """Variance and RePaint start make the method; scale does not (smoke keeps the paper's numbers beside it)."""
     from pathlib import Path
 
-    from polyplib.metrics import SetInfo
+    from polyplib.metrics.stage import SetInfo
 
     assert paper.method_departures(load_config("smoke")) == ()
     assert paper.method_departures(load_config("smoke", ["sampling.start=sdedit"])) == ("sampling.start",)

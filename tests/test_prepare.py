@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polyplib.data.prepare import prepare_data, report_table
+from polyplib.data.prepare import report_table
+from polyplib.data.stage import run_stage as prepare_data
 from polyplib.data.prepared import load_dataset, load_report
 from polyplib.data.preprocess import fit
 from polyplib.errors import DataError

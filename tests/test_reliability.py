@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 from polyplib.config import load_config
-from polyplib.data.prepare import prepare_data
+from polyplib.data.stage import run_stage as prepare_data
 from polyplib.errors import ConfigError, DataError, StageError
 from polyplib.runs import WriteError, atomic_write_text, open_run
 

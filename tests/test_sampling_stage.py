@@ -60,7 +60,7 @@ def make_run(folder: Path, extra=()):
     """A prepared tiny run with stage-02 artefacts: clusters.csv and tiny random 4-channel DDPMs."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.data.prepared import load_dataset
     from polyplib.runs import open_run
 
@@ -91,7 +91,7 @@ def files(run) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    from polyplib.sampling import sample_all
+    from polyplib.sampling.stage import run_stage as sample_all
 
     run = make_run(tmp_path_factory.mktemp("ref"))
     return run, sample_all(run)
@@ -99,7 +99,8 @@ def reference(tmp_path_factory):
 
 def test_every_planned_method_and_pair_is_written(reference):
     from polyplib.data.prepared import PreparedSet, load_dataset
-    from polyplib.sampling import load_synthetic, planned_methods, summary_table
+    from polyplib.sampling.stage import planned_methods, summary_table
+    from polyplib.synthetic.folder import load_set as load_synthetic
 
     run, summary = reference
     methods = ["diff", "full-diff", "mkl-diff", "mkl-full-diff", "styled-diff", "full-styled-diff", "uncond-ddim-4",
@@ -132,8 +133,8 @@ def test_every_planned_method_and_pair_is_written(reference):
 def test_outside_the_dilated_mask_the_real_pair_is_kept_exactly(reference):
     from polyplib.data.prepared import load_dataset
     from polyplib.sampling.figures import load_pair
-    from polyplib.sampling.postprocess import dilate
-    from polyplib.sampling.writer import read_records
+    from polyplib.synthetic.postprocess import dilate
+    from polyplib.synthetic.folder import read_records
 
     run, summary = reference
     ds = load_dataset(run)
@@ -149,7 +150,7 @@ def test_outside_the_dilated_mask_the_real_pair_is_kept_exactly(reference):
 
 
 def test_same_seed_same_bytes_and_a_killed_run_resumes_without_gaps_or_duplicates(reference, tmp_path):
-    from polyplib.sampling import sample_all
+    from polyplib.sampling.stage import run_stage as sample_all
 
     ref_run, ref_summary = reference
     run = make_run(tmp_path / "killed")
@@ -179,8 +180,8 @@ def test_same_seed_same_bytes_and_a_killed_run_resumes_without_gaps_or_duplicate
 
 def test_regenerate_redraws_single_pairs_exactly(reference):
     from polyplib.data.imageio import read_image, read_mask
-    from polyplib.sampling import regenerate
-    from polyplib.sampling.writer import read_records
+    from polyplib.sampling.stage import regenerate
+    from polyplib.synthetic.folder import read_records
 
     run, _ = reference
     for method in ("diff", "uncond-dpm++-4", "mkl-diff", "styled-diff"):
@@ -197,7 +198,7 @@ def test_regenerate_redraws_single_pairs_exactly(reference):
 def test_changed_settings_restart_a_method_and_cached_stage_loads(reference, tmp_path):
     from polyplib.runs import Run
     from polyplib.config import load_config
-    from polyplib.sampling import sample_all
+    from polyplib.sampling.stage import run_stage as sample_all
 
     ref_run, ref_summary = reference
     assert sample_all(ref_run) == ref_summary                          # cached: loaded, not recomputed
@@ -213,7 +214,8 @@ def test_changed_settings_restart_a_method_and_cached_stage_loads(reference, tmp
 
 
 def test_without_feature_weights_styled_diff_is_absent_and_nothing_bears_its_name(tmp_path):
-    from polyplib.sampling import absent_methods, absent_table, planned_methods, sample_all
+    from polyplib.sampling.stage import absent_table, planned_methods, run_stage as sample_all
+    from polyplib.synthetic.folder import absent_methods
 
     run = make_run(tmp_path / "noweights", ["sampling.n_unconditional=0", "sampling.also_full=false",
                                             "sampling.style.vgg_weights=null", "sampling.style.dino_weights=null"])
@@ -228,7 +230,7 @@ def test_without_feature_weights_styled_diff_is_absent_and_nothing_bears_its_nam
 
 
 def test_missing_models_fail_with_a_clear_error(tmp_path):
-    from polyplib.sampling import sample_all
+    from polyplib.sampling.stage import run_stage as sample_all
 
     run = make_run(tmp_path / "nomodels", ["sampling.n_unconditional=0", "sampling.also_full=false"])
     shutil.rmtree(run.path("models", "ddpm", "cluster-01"))
@@ -243,7 +245,7 @@ def test_the_variance_ablation_set_is_redrawn_by_its_own_model(tmp_path):
     """``ddpm.compare_variance``: full-diff-fixed-sigma redraws every source with the full-fixed-sigma model."""
     import shutil
 
-    from polyplib.sampling import planned_methods, sample_all
+    from polyplib.sampling.stage import planned_methods, run_stage as sample_all
 
     run = make_run(tmp_path, ["ddpm.compare_variance=true", "sampling.samples_per_image=1"])
     shutil.copytree(run.path("models", "ddpm", "cluster-01"), run.path("models", "ddpm", "full-fixed-sigma"))
@@ -261,13 +263,14 @@ def test_the_budget_study_redraws_the_same_sources_per_sampler_and_stays_out_of_
     """sampling.budget_study: one folder per sampler and budget under synthetic/budget/, the same sources
     and seeds in each, the UNet calls each point's schedule costs; no training set or FID row sees them;
     stage 04's table pairs them by source and refuses KID below metrics.min_images."""
-    from polyplib.metrics import discover_sets
+    from polyplib.metrics.stage import discover_sets
     import matplotlib.pyplot as plt
 
     from polyplib.metrics.budget import budget_summary, budget_table
     from polyplib.metrics.figures import budget_display, budget_figure
-    from polyplib.sampling import budget_points, planned_methods, sample_all, synthetic_dir
-    from polyplib.sampling.writer import read_records
+    from polyplib.sampling.stage import budget_points, planned_methods, run_stage as sample_all
+    from polyplib.synthetic.catalogue import set_dir as synthetic_dir
+    from polyplib.synthetic.folder import read_records
 
     points = ("sampling.budget_study.points=[{sampler: repaint, steps: 8, jump_length: 2, jump_n_sample: 2}, "
               "{sampler: repaint-ddim, steps: 6, jump_length: 2, jump_n_sample: 2}, {sampler: dpm++, steps: 5}]")

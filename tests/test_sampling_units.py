@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from polyplib.errors import StageError
-from polyplib.sampling.postprocess import PostProcess, clean_mask, dilate, judge, scaled_px
+from polyplib.synthetic.postprocess import PostProcess, clean_mask, dilate, judge, scaled_px
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -92,7 +92,7 @@ def test_empty_and_degenerate_masks_are_rejected_with_a_reason():
 
 def test_rejected_pairs_are_recorded_not_written_as_data(tmp_path):
     from polyplib.data.prepared import PreparedSet
-    from polyplib.sampling.writer import SyntheticWriter, read_records
+    from polyplib.synthetic.folder import SyntheticWriter, read_records
 
     w = SyntheticWriter(tmp_path / "m", "k1", ["a", "b"])
     img = np.zeros((8, 8, 3), np.uint8)
@@ -115,7 +115,7 @@ def test_rejected_pairs_are_recorded_not_written_as_data(tmp_path):
 # ----------------------------------------------------------------------------- samplers
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
 def test_unconditional_samplers_shapes_and_unet_evaluations(sampler):
-    from polyplib.sampling.unconditional import sample_unconditional
+    from polyplib.diffusion.unconditional import sample_unconditional
 
     unet = tiny_unet()
     hook = Counter(unet)
@@ -133,7 +133,7 @@ def test_unconditional_samplers_shapes_and_unet_evaluations(sampler):
 def test_learned_sigma_samples_are_seeded_per_pair_whatever_the_batch(sampler):
     """The one unconditional sampler (grids during training, notebook 02, stage 03) on a learned-sigma
     model: pairs in [-1, 1], a pair's seed alone decides it, other seeds give other pairs."""
-    from polyplib.sampling.unconditional import sample_tensor
+    from polyplib.diffusion.unconditional import sample_tensor
 
     unet = tiny_unet(out_channels=8)                       # epsilon + the variance interpolation v
     config = {**scheduler_config(), "variance_type": "learned_range"}
@@ -205,7 +205,7 @@ def test_repaint_cost_and_known_region(variance, start, sampler):
 
 
 def test_pair_seeds_are_stable_and_distinct():
-    from polyplib.sampling.unconditional import pair_seed
+    from polyplib.synthetic.generate import pair_seed
 
     assert pair_seed(0, "img1", 0) == pair_seed(0, "img1", 0)
     assert len({pair_seed(s, i, k) for s in (0, 1) for i in ("a", "b") for k in range(3)}) == 12

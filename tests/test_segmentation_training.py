@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from polyplib.segmentation import data as sdata  # noqa: E402
+from polyplib.segmentation import stage as seg_stage  # noqa: E402
 from polyplib.segmentation.evaluate import evaluate_model, pair_scores  # noqa: E402
 from polyplib.segmentation.models import build_model, input_normalization, load_model  # noqa: E402
 from polyplib.segmentation.train import TrainSettings, train_model  # noqa: E402
@@ -43,7 +44,7 @@ def _open(path, overrides=()):
 def tiny_seg_run(tmp_path_factory):
     """A phantom run like conftest's tiny_run (32 px, 32 train + 8 val, 16 test) with stage 01 done
     and one synthetic set, 'diff' (3 samples per training image, phantom frames of another seed)."""
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.data.prepared import load_dataset
 
     run = _open(tmp_path_factory.mktemp("seg-run"))
@@ -201,10 +202,10 @@ def test_the_stage_runs_resumes_and_reports(tiny_seg_run, tmp_path, monkeypatch,
 
     monkeypatch.setattr(study, "train_model", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
-        study.run_study(run)
+        seg_stage.run_stage(run)
     finished = {c.name: run.path("segmentation", c.name, "result.json").stat().st_mtime for c in expected[:2]}
     monkeypatch.setattr(study, "train_model", real_train)
-    results = study.run_study(run)
+    results = seg_stage.run_stage(run)
     assert all(run.path("segmentation", n, "result.json").stat().st_mtime == t for n, t in finished.items())
 
     assert len(results) == len(expected) and set(results["name"]) == {c.name for c in expected}
@@ -245,8 +246,8 @@ def test_the_stage_runs_resumes_and_reports(tiny_seg_run, tmp_path, monkeypatch,
     t3 = study.paper_tables(summary, other, results)["T3"]
     assert t3["IoU (paper)"].tolist() == [0.809, "—"]
     # served from the cache; and a forced rerun reuses every finished configuration
-    assert study.read_table(run, "segmentation")["name"].tolist() == study.run_study(run)["name"].tolist()
+    assert study.read_table(run, "segmentation")["name"].tolist() == seg_stage.run_stage(run)["name"].tolist()
     calls.clear()
     monkeypatch.setattr(study, "train_model", dies_on_the_third)
-    study.run_study(run, force=True)
+    seg_stage.run_stage(run, force=True)
     assert calls == []

@@ -11,6 +11,7 @@ import torch  # noqa: E402
 from polyplib.config import load_config  # noqa: E402
 from polyplib.errors import StageError  # noqa: E402
 from polyplib.segmentation import data as sdata  # noqa: E402
+from polyplib.synthetic.folder import read_manifest  # noqa: E402
 from polyplib.segmentation.evaluate import bootstrap_ci, dice_iou, pair_scores, paired_test, summarise  # noqa: E402
 from polyplib.segmentation.models import (build_model, lite0_timm_state_dict, load_model,  # noqa: E402
                                           save_model, wheel_weights_file)
@@ -130,7 +131,7 @@ def test_a_set_without_source_images_is_dealt_out_to_the_real_images(tmp_path):
         write_png(tmp_path / "masks" / f"g{i}.png", mask)
         rows.append({"id": f"g{i}", "file": f"g{i}", "source_id": "", "accepted": True})
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
-    assert sdata.is_unconditional(sdata.read_synthetic_manifest(tmp_path))
+    assert sdata.is_unconditional(read_manifest(tmp_path))
     real = ["0003", "0001", "0002"]
     pool = sdata.load_synthetic_pool(tmp_path, real, 8)
     assert len(pool) == 7

@@ -26,7 +26,7 @@ def corrupted_run(tmp_path_factory):
     """A 32 px phantom run (40 training images) whose synthetic set 'diff' holds one pair per training
     image, the odd ones with their mask moved 12 px away from the polyp (a set made deliberately worse)."""
     from polyplib.data.imageio import write_png
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.data.prepared import load_dataset
 
     run = _open(tmp_path_factory.mktemp("use-run"), FAST + ["segmentation.epochs=6"])

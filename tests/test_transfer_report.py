@@ -6,7 +6,7 @@ import pytest
 from polyplib.config import load_config
 from polyplib.errors import StageError
 from polyplib.runs import Run
-from polyplib.segmentation.transfer import IN_DOMAIN, target_sets, transfer_tables, unique_ids
+from polyplib.transfer.stage import IN_DOMAIN, target_sets, transfer_tables, unique_ids
 
 
 def test_duplicate_frames_count_once_and_order_is_kept():
@@ -47,9 +47,9 @@ def test_transfer_tables_test_each_domain_against_real_on_the_same_images():
 
 
 def test_no_target_set_is_a_clear_error(tmp_path):
-    from polyplib.data.prepare import prepare_data
+    from polyplib.data.stage import run_stage as prepare_data
     from polyplib.runs import open_run
-    from polyplib.segmentation.transfer import score_on_targets
+    from polyplib.transfer.stage import score_on_targets
 
     run = open_run("smoke", ["data.phantom.n_source=20", "data.phantom.n_target=0", "data.split.n_train=10",
                              "data.split.n_test=6", "data.resolution=32", "run.progress=false"], tmp_path / "run")

@@ -233,13 +233,6 @@ def build(run: Run) -> dict:
     return report
 
 
-def prepare_data(run: Run, force: bool = False) -> dict:
-    """Stage 01 entry point: the dataset report, computed or loaded from the finished cache."""
-    from .prepared import load_report
-
-    return run.cached("01", lambda: build(run), lambda: load_report(run), force=force)
-
-
 def report_table(report: dict) -> pd.DataFrame:
     """One row per prepared data set: the numbers notebook 01 shows and saves."""
     rows = []

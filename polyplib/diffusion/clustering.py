@@ -75,8 +75,8 @@ def inception_extractor(cfg, device: str = "cpu"):
     has always used: the features agree with the former TorchScript path's within 4e-5 (checked on
     64 px phantom pairs), so earlier runs' clusters are reproduced. Missing or unusable weights: a
     StageError that names them and the ``clustering.features=handcrafted`` way out."""
-    from ..metrics.fid import InceptionFeatures
-    from ..metrics.inception_weights import resolve_fid_weights
+    from ..features.inception import InceptionFeatures
+    from ..features.inception_weights import resolve_fid_weights
 
     try:
         weights = resolve_fid_weights(cfg.clustering.weights, cfg.metrics.cache_dir, setting="clustering.weights")
@@ -142,7 +142,7 @@ def paper_labels(ids: Sequence[str], k: int) -> np.ndarray:
 def feature_kind(cfg) -> str:
     kind = cfg.clustering.features
     if kind == "inception":
-        from ..metrics.fid import RESIZE_SHORT
+        from ..features.inception import RESIZE_SHORT
         return f"{INCEPTION_NAME} of image + mask ({RESIZE_SHORT[CLUSTERING_RESIZE]})"
     if kind == "handcrafted":
         return HANDCRAFTED_NAME

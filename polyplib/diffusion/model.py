@@ -112,17 +112,48 @@ def model_dir(run, name: str) -> Path:
     return models_root(run) / name
 
 
-def load_pipeline(folder: str | Path, device: str | torch.device = "cpu", mixed_precision: str = "no"):
-    """A saved model folder (``save_pretrained``) as a DDPMPipeline on ``device``, its UNet run in
-    ``mixed_precision`` (a ``ddpm.mixed_precision`` setting: :func:`run_in_precision`)."""
-    from diffusers import DDPMPipeline
+def check_model(folder: str | Path, resolution: int | None = None) -> tuple[dict, dict]:
+    """(UNet config, scheduler config) of a saved DDPM folder, checked to fit the study: ``unet/`` and
+    ``scheduler/``, 4 input channels (RGB + mask), the output channels of its variance, and, given a
+    ``resolution``, trained at it. The one check behind every way a DDPM is loaded."""
+    from diffusers import DDPMScheduler, UNet2DModel
 
     folder = Path(folder)
-    if not (folder / "model_index.json").exists():
-        raise StageError(f"{folder}: not a finished DDPM folder (no model_index.json); train it first")
-    pipe = DDPMPipeline.from_pretrained(str(folder)).to(device)
-    run_in_precision(pipe.unet, mixed_precision)
-    return pipe
+    if not (folder / "unet").is_dir() or not (folder / "scheduler").is_dir():
+        raise StageError(f"{folder}: no trained model '{folder.name}' (unet/ + scheduler/); run stage 02 "
+                         "(python run_all.py --only 02)")
+    config = UNet2DModel.load_config(str(folder), subfolder="unet")
+    scheduler_config = dict(DDPMScheduler.from_pretrained(folder, subfolder="scheduler").config)
+    size = config["sample_size"] if isinstance(config["sample_size"], int) else config["sample_size"][0]
+    variance = scheduler_config.get("variance_type", "fixed_small")
+    expected = out_channels(variance)
+    if config["in_channels"] != IN_CHANNELS or config["out_channels"] != expected:
+        raise StageError(f"{folder}: a {variance} model needs a UNet with {IN_CHANNELS} input channels (RGB + mask) "
+                         f"and {expected} output channels, this one has {config['in_channels']}/"
+                         f"{config['out_channels']}")
+    if resolution is not None and size != resolution:
+        raise StageError(f"{folder}: model trained at {size} px but data.resolution is {resolution}")
+    return config, scheduler_config
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu", mixed_precision: str = "no",
+               resolution: int | None = None):
+    """(UNet in eval mode on ``device``, run in ``mixed_precision`` (:func:`run_in_precision`), scheduler
+    config) of a saved model folder (``save_pretrained``): the project's one DDPM loader."""
+    from diffusers import UNet2DModel
+
+    _, scheduler_config = check_model(folder, resolution)
+    unet = UNet2DModel.from_pretrained(Path(folder), subfolder="unet").to(device).eval()
+    return run_in_precision(unet, mixed_precision), scheduler_config
+
+
+def load_pipeline(folder: str | Path, device: str | torch.device = "cpu", mixed_precision: str = "no"):
+    """A saved model folder as a diffusers DDPMPipeline (``pipe(batch_size=...)`` samples it), through
+    :func:`load_model`."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    unet, scheduler_config = load_model(folder, device, mixed_precision)
+    return DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(scheduler_config))
 
 
 def run_in_precision(unet, mixed_precision: str):

@@ -204,7 +204,8 @@ class Trainer:
         """EMA weights swapped in (store/restore), a seeded DDIM grid written to samples/step-N.png."""
         from ..data.imageio import write_png
         from ..plots import overlay
-        from ..sampling.unconditional import pair_seed, sample_unconditional
+        from ..synthetic.generate import pair_seed
+        from .unconditional import sample_unconditional
 
         unet = self.accelerator.unwrap_model(self.model)
         self.ema.store(unet.parameters())
@@ -365,7 +366,7 @@ def pretrained_model(run: Run, name: str, ids: Sequence[str]) -> TrainResult:
 
     Converted models come from ``python -m polyplib.diffusion.convert`` (the authors' checkpoints).
     """
-    from diffusers import UNet2DModel
+    from .model import check_model
 
     root, folder = models_root(run), model_dir(run, name)
     if not (folder / "model_index.json").exists() or not (folder / "unet").is_dir():
@@ -378,11 +379,7 @@ def pretrained_model(run: Run, name: str, ids: Sequence[str]) -> TrainResult:
         raise StageError(f"{folder}: converted from an authors' checkpoint, whose cluster number is the authors'; it "
                          f"matches this run's {name} only with clustering.features=paper (the shipped assignment), "
                          f"but this run clusters with clustering.features={features}")
-    config = UNet2DModel.load_config(str(folder), subfolder="unet")
-    size = config["sample_size"] if isinstance(config["sample_size"], int) else config["sample_size"][0]
-    if size != run.cfg.data.resolution or config["in_channels"] != 4:
-        raise StageError(f"{folder}: a {size} px model with {config['in_channels']} input channels; this run needs "
-                         f"4 channels (RGB + mask) at data.resolution={run.cfg.data.resolution}")
+    check_model(folder, run.cfg.data.resolution)
     return TrainResult(name, len(ids), "pretrained", 0, None, "-", 0, 0.0, str(folder))
 
 

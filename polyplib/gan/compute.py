@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .. import paper
-from ..sampling import STYLED_METHODS
+from ..synthetic.catalogue import STYLED_METHODS, set_dir
 from ..runs import Run
 from ..training import read_json
 
@@ -182,7 +182,7 @@ def singan_models(run: Run) -> pd.DataFrame:
 
 def sampling_methods(run: Run) -> tuple[list[dict], str]:
     """Stage 03's per-method summaries (``synthetic/summary.json``) and its device."""
-    summary = read_json(run.path("synthetic", "summary.json")) or {}
+    summary = read_json(set_dir(run) / "summary.json") or {}
     return list(summary.get("methods", [])), str(summary.get("device", "not recorded"))
 
 
@@ -271,7 +271,7 @@ def compute_table(run: Run, paper=None) -> pd.DataFrame:
                              f"{paper_pairs:,} pairs)", "", f"{pairs} pairs, {nfe:.0f} evaluations per pair here"))
     for name, label, p_pairs in (("gan", "GAN sampling", paper.gan.n_samples),
                                  ("singan", "SinGAN-Seg sampling", SINGAN_SEG_IMAGES * SINGAN_SEG_SAMPLES_PER_IMAGE)):
-        s = read_json(run.path("synthetic", name, "summary.json"))
+        s = read_json(set_dir(run, name) / "summary.json")
         if s and s.get("pairs"):
             rows.append(_row(f"{name}-sample", label, "sample", 1, "pair", s["pairs"], s["seconds_total"],
                              s["seconds_total"] / s["pairs"], s.get("device", "not recorded"), 1, p_pairs,

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.figures import finish, refused_note
+from ..synthetic.catalogue import set_dir
+from ..synthetic.folder import read_pair, read_records
 from ..plots import overlay
 from ..runs import Run
 
@@ -21,9 +23,7 @@ GRID_ROWS = (("diff", "Diff (RePaint, cluster DDPM)"), ("mkl-diff", "Diff + colo
 
 
 def _accepted(run: Run, method: str) -> pd.DataFrame:
-    from ..sampling.writer import read_records
-
-    folder = run.path("synthetic", method)
+    folder = set_dir(run, method)
     if not (folder / "manifest.csv").exists():
         return pd.DataFrame()
     df = read_records(folder)
@@ -31,9 +31,7 @@ def _accepted(run: Run, method: str) -> pd.DataFrame:
 
 
 def _pair(run: Run, method: str, record: dict):
-    from ..sampling.figures import load_pair
-
-    return load_pair(run, method, {**record, "accepted": True})
+    return read_pair(set_dir(run, method), {**record, "accepted": True})
 
 
 def side_by_side(run: Run, n: int = 6, size: float = 1.5, seed: int = 0):
@@ -73,10 +71,7 @@ def singan_figure(run: Run, n_images: int = 2, n_samples: int = 4, size: float =
     import matplotlib.pyplot as plt
 
     from ..data.prepared import load_dataset
-    from ..sampling.figures import load_pair
-    from ..sampling.writer import read_records
-
-    folder = run.path("synthetic", "singan")
+    folder = set_dir(run, "singan")
     df = read_records(folder) if (folder / "manifest.csv").exists() else pd.DataFrame()
     sources = list(dict.fromkeys(df["source_id"]))[:n_images] if len(df) else []
     ds = load_dataset(run)
@@ -88,7 +83,7 @@ def singan_figure(run: Run, n_images: int = 2, n_samples: int = 4, size: float =
         axes[r, 0].imshow(overlay(*ds.load(sid)))
         axes[r, 0].set_title(f"real {sid}", fontsize=7)
         for c, rec in enumerate(df[df["source_id"] == sid].head(n_samples).to_dict("records"), 1):
-            axes[r, c].imshow(overlay(*load_pair(run, "singan", rec)))
+            axes[r, c].imshow(overlay(*read_pair(folder, rec)))
             ok = str(rec["accepted"]) == "True"
             axes[r, c].set_title(f"sample {rec['sample_index']}" + ("" if ok else " (rejected)"), fontsize=7,
                                  color="black" if ok else "red")

@@ -16,20 +16,16 @@ Pairs are read with :func:`polyplib.data.loaders.load_pair` (so the loaders' qui
 3-channel or RGBA masks, binarisation at > 127, image/mask size mismatches are errors naming the
 file), resized to the run's ``data.resolution`` with ``data.resize`` like the real data, judged with
 stage 03's acceptance rule (empty or near-full masks are rejected and recorded, not dropped
-silently), and written through ``SyntheticWriter`` into ``synthetic/singan-published/`` with a
+silently), and written by :func:`polyplib.synthetic.external.import_pairs` into ``synthetic/singan-published/`` with a
 manifest (id, file, source_id, sample_index, ...). A rerun with the same files is a no-op.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 
-import numpy as np
-
 from ..data.imageio import IMAGE_EXTENSIONS
-from ..data.loaders import Pair, find_pairs, load_pair
+from ..data.loaders import Pair, find_pairs
 from ..errors import DataError
 from ..runs import Run
 
@@ -124,43 +120,11 @@ def find_published_pairs(folder: str | Path) -> list[tuple[Pair, str, int]]:
     return out
 
 
-def _safe(pair_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "__", pair_id)
-
-
 def import_singan_seg(folder: str | Path, run: Run):
-    """Convert a downloaded SinGAN-Seg set into ``synthetic/singan-published/`` at the run's resolution.
+    """Convert a downloaded SinGAN-Seg set into ``synthetic/singan-published/`` at the run's resolution,
+    through the one import of :mod:`polyplib.synthetic.external` (here lenient: an empty or near-full mask
+    is rejected and recorded, as stage 03 does, not an error). Returns the set as a PreparedSet."""
+    from ..synthetic.external import import_pairs
 
-    Returns the set as a :class:`polyplib.data.prepared.PreparedSet` (accepted pairs)."""
-    from ..data.prepared import PreparedSet
-    from ..data.preprocess import fit
-    from ..sampling.postprocess import PostProcess, judge
-    from ..sampling.writer import SyntheticWriter
-
-    cfg = run.cfg
-    found = find_published_pairs(folder)
-    post = PostProcess.from_config(cfg)
-    files = [[p.id, p.image.stat().st_size, p.mask.stat().st_size, p.image.stat().st_mtime_ns] for p, _, _ in found]
-    key = hashlib.sha256(json.dumps({"files": files, "resolution": cfg.data.resolution, "resize": cfg.data.resize,
-                                     "max_coverage": post.max_coverage}, sort_keys=True).encode()).hexdigest()[:16]
-    plan = [_safe(p.id) for p, _, _ in found]
-    if len(set(plan)) != len(plan):
-        raise DataError(folder, "two pairs map to the same file name after making the names safe")
-    writer = SyntheticWriter(run.path("synthetic", METHOD), key, plan,
-                             {"key": key, "source_folder": str(Path(folder).resolve()), "layouts": list(LAYOUTS)})
-    for (pair, source, k), pid in zip(found, plan):
-        if writer.is_done(pid):
-            continue
-        image, mask = load_pair(pair)
-        h, w = mask.shape
-        image, mask = fit(image, mask, cfg.data.resolution, cfg.data.resize)
-        mask = np.asarray(mask, bool)
-        accepted, reason, coverage, components = judge(mask, post)
-        writer.write({"id": pid, "file": pid, "source_id": source, "cluster": -1, "model": "singan-seg (published)",
-                      "method": METHOD, "sampler": "singan", "steps": 0, "seed": "", "sample_index": k,
-                      "accepted": accepted, "reason": reason, "coverage": round(coverage, 6),
-                      "components": components, "source_image": str(pair.image), "source_mask": str(pair.mask),
-                      "original_height": int(h), "original_width": int(w),
-                      "height": int(image.shape[0]), "width": int(image.shape[1])}, image, mask)
-    writer.finish()
-    return PreparedSet(run.path("synthetic", METHOD))
+    return import_pairs(run, METHOD, find_published_pairs(folder), model="singan-seg (published)",
+                        origin=str(Path(folder).resolve()), strict=False, register=False)

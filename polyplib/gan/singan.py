@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import StageError
+from ..synthetic.generate import pair_seed
 from ..runs import Run, atomic_dir, atomic_write_json, atomic_write_text
 from ..training import config_key, describe_device, read_json, resolve_device, torch_threads
 
@@ -184,7 +185,7 @@ class SinGANModel:
 
     def sample(self, seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """One pair per seed: (uint8 N x H x W x 3 images, uint8 N x H x W raw mask channels)."""
-        from ..sampling.unconditional import split_pair
+        from ..diffusion.unconditional import split_pair
 
         out = [self.draw(torch.Generator().manual_seed(int(s))) for s in seeds]
         return split_pair(torch.cat(out))
@@ -320,7 +321,6 @@ def model_key(cfg, source_id: str) -> str:
 def train_all(run: Run, force: bool = False) -> pd.DataFrame:
     """One SinGAN-Seg model per chosen source (finished ones are skipped): a row per model, with its seconds."""
     from ..data.prepared import load_dataset
-    from ..sampling.unconditional import pair_seed
 
     cfg = run.cfg
     ds = load_dataset(run)
@@ -363,10 +363,10 @@ def train_all(run: Run, force: bool = False) -> pd.DataFrame:
 def sample_all(run: Run, force: bool = False) -> dict:
     """``gan.singan_samples_per_image`` pairs per trained model into ``synthetic/singan/`` (source_id set)."""
     from ..data.prepared import load_dataset
-    from ..sampling.postprocess import PostProcess
-    from ..sampling.unconditional import pair_seed
-    from ..sampling.writer import SyntheticWriter
-    from .train import judged_record, set_summary
+    from ..synthetic.catalogue import set_dir
+    from ..synthetic.folder import set_summary
+    from ..synthetic.generate import SetPlan, write_set
+    from ..synthetic.postprocess import PostProcess
 
     cfg, method = run.cfg, "singan"
     ds = load_dataset(run)
@@ -381,33 +381,29 @@ def sample_all(run: Run, force: bool = False) -> dict:
             raise StageError(f"{singan_dir(run, files[sid])}: no finished SinGAN-Seg model for '{sid}'; "
                              "train it first (polyplib.gan.singan.train_all)")
         states[sid] = state
-    jobs = {sid: [{"id": f"{files[sid]}_g{k}", "file": f"{files[sid]}_g{k}", "source_id": sid, "cluster": -1,
-                   "model": f"singan-{files[sid]}", "method": method, "sampler": "singan",
-                   "steps": states[sid]["scales"], "nfe": states[sid]["scales"],
-                   "seed": pair_seed(cfg.gan.seed, f"singan|{sid}", k), "sample_index": k} for k in range(k_per)]
-            for sid in sources}
-    plan = [j["id"] for sid in sources for j in jobs[sid]]
+    jobs = [{"id": f"{files[sid]}_g{k}", "file": f"{files[sid]}_g{k}", "source_id": sid, "cluster": -1,
+             "model": f"singan-{files[sid]}", "method": method, "sampler": "singan",
+             "steps": states[sid]["scales"], "nfe": states[sid]["scales"],
+             "seed": pair_seed(cfg.gan.seed, f"singan|{sid}", k), "sample_index": k}
+            for sid in sources for k in range(k_per)]
     key = config_key({"method": method, "models": [states[s]["key"] for s in sources], "post": post.as_row(),
-                "ids": plan, "seed": cfg.gan.seed})
-    writer = SyntheticWriter(run.path("synthetic", method), key, plan, {"key": key, "params": post.as_row()},
-                             fresh=force)
+                      "ids": [j["id"] for j in jobs], "seed": cfg.gan.seed})
+    plan = SetPlan(method, [[j] for j in jobs], key, {"key": key, "params": post.as_row()})
     device = resolve_device(cfg.run.device)
+    loaded: dict[str, SinGANModel] = {}
+
+    def compute(batch: list[dict]):   # one pair at a time, one model in memory
+        sid = batch[0]["source_id"]
+        if sid not in loaded:
+            loaded.clear()
+            loaded[sid] = SinGANModel.load(singan_dir(run, files[sid]) / "singan.pt", device)
+        images, raws = loaded[sid].sample([batch[0]["seed"]])
+        return [(images[0], raws[0], {})]
+
     with torch_threads(cfg.run.torch_threads, device):
-        device_text = describe_device(device)
-        for sid in sources:
-            todo = [j for j in jobs[sid] if not writer.is_done(j["id"])]
-            if not todo:
-                continue
-            model = SinGANModel.load(singan_dir(run, files[sid]) / "singan.pt", device)
-            for job in todo:
-                started = time.perf_counter()
-                images, raws = model.sample([job["seed"]])
-                row, mask = judged_record(job, images[0], raws[0], post)
-                writer.write({**row, "seconds": round(time.perf_counter() - started, 6)}, images[0], mask)
-            writer.flush()
-    writer.finish()
-    summary = set_summary(run, method, writer.table(), device_text)
-    atomic_write_json(run.path("synthetic", method, "summary.json"), summary)
+        table = write_set(set_dir(run, method), plan, compute, post, fresh=force, progress=cfg.run.progress)
+    summary = set_summary(run, method, table, device=describe_device(device))
+    atomic_write_json(set_dir(run, method) / "summary.json", summary)
     return summary
 
 
@@ -424,7 +420,7 @@ def load_models_table(run: Run) -> pd.DataFrame:
 def pyramid_figure_data(model: SinGANModel, seed: int = 0) -> list[np.ndarray]:
     """One random sample at every scale (uint8 RGB overlays ready), for a figure of the pyramid."""
     from ..plots import overlay
-    from ..sampling.unconditional import split_pair
+    from ..diffusion.unconditional import split_pair
 
     out = []
     for n in range(len(model.generators)):

@@ -31,8 +31,9 @@ Layout of ``runs/<profile>/models/gan/``::
     checkpoints/checkpoint-N/       model*.safetensors, optimizer*.bin, random_states_*.pkl,
                                     custom_checkpoint_0.pkl (EMA), config.yaml, train_ids.json, trainer_state.json
 
-Synthetic pairs go to ``runs/<profile>/synthetic/gan/`` through stage 03's ``SyntheticWriter`` (same
-layout, manifest and rejected-pair records), with stage 03's mask post-processing.
+Synthetic pairs go to ``runs/<profile>/synthetic/gan/`` through the one loop of
+:mod:`polyplib.synthetic.generate` (the layout, manifest, rejected-pair records and mask post-processing
+of every synthetic set).
 
 Command line (also under ``accelerate launch``)::
 
@@ -60,6 +61,10 @@ from ..training import (StepLog, config_key, describe_device, final_losses, fini
                         write_final_folder)
 from ..errors import StageError
 from ..runs import Run, atomic_write_json
+from ..synthetic.catalogue import set_dir
+from ..synthetic.folder import set_summary
+from ..synthetic.generate import SetPlan, chunks, pair_seed, write_set
+from ..synthetic.postprocess import PostProcess
 from .diffaugment import diff_augment, parse_policy
 from .models import Generator, GanArch, build_models, count_parameters
 
@@ -206,7 +211,7 @@ class GanTrainer:
         """EMA generator, fixed z: samples/step-N.png (top: images, bottom: mask overlays)."""
         from ..data.imageio import write_png
         from ..plots import overlay
-        from ..sampling.unconditional import split_pair
+        from ..diffusion.unconditional import split_pair
 
         gen = torch.Generator().manual_seed(GRID_SEED)
         z = torch.randn(GRID_SAMPLES, self.gan.z_dim, generator=gen).to(self.accelerator.device)
@@ -346,50 +351,22 @@ def train_gan(run: Run, force: bool = False, stop_after: int | None = None) -> G
     return GanTrainer(run.cfg, ds, ds.ids("train"), gan_dir(run)).run(force, stop_after)
 
 
-def set_summary(run: Run, method: str, df: pd.DataFrame, device: str) -> dict:
-    """Stage 03's per-method summary fields, for a GAN-made set."""
-    from collections import Counter
-
-    accepted = int(df["accepted"].astype(bool).sum()) if len(df) else 0
-    total_s = float(df["seconds"].sum()) if "seconds" in df and len(df) else 0.0
-    return {
-        "method": method, "folder": str(run.path("synthetic", method).relative_to(run.dir)),
-        "sampler": method, "steps": int(df["steps"].iloc[0]) if len(df) else 0,
-        "pairs": int(len(df)), "accepted": accepted, "rejected": int(len(df) - accepted),
-        "reasons": dict(Counter(r for r in df.get("reason", []) if r)),
-        "models": sorted(set(df["model"])) if len(df) else [],
-        "nfe_per_pair": float(df["nfe"].mean()) if "nfe" in df and len(df) else 0.0,
-        "seconds_per_pair": round(total_s / len(df), 6) if len(df) else 0.0,
-        "seconds_per_accepted_pair": round(total_s / accepted, 6) if accepted else None,
-        "seconds_total": round(total_s, 3), "device": device,
-    }
-
-
-def judged_record(job: dict, image: np.ndarray, raw: np.ndarray, post) -> tuple[dict, np.ndarray]:
-    """Stage 03's mask post-processing and acceptance rule applied to one generated pair."""
-    from ..sampling.postprocess import clean_mask, judge
-
-    mask = clean_mask(raw, post)
-    accepted, reason, coverage, components = judge(mask, post)
-    row = {**job, "accepted": accepted, "reason": reason, "coverage": round(coverage, 6), "components": components,
-           "height": int(image.shape[0]), "width": int(image.shape[1]), **post.as_row()}
-    return row, mask
-
-
-def _gan_plan(run: Run) -> tuple[list[list[dict]], str]:
-    from ..sampling.unconditional import pair_seed
-
+def _gan_plan(run: Run, model: dict, folder: Path) -> SetPlan:
+    """The GAN set's jobs (one seeded z per pair) in fixed batches; ``model``: what decides the weights."""
     gan = run.cfg.gan
     jobs = [{"id": f"gan_{i:05d}", "file": f"gan_{i:05d}", "source_id": "", "cluster": -1, "model": "gan",
              "method": "gan", "sampler": "gan", "steps": 1, "nfe": 1, "seed": pair_seed(gan.seed, "gan", i),
              "sample_index": i} for i in range(gan.n_samples)]
-    return [jobs[i:i + gan.batch_size] for i in range(0, len(jobs), gan.batch_size)], "gan"
+    key = config_key({"method": "gan", **model, "ids": [j["id"] for j in jobs], "batch": gan.batch_size,
+                      "seed": gan.seed})
+    return SetPlan("gan", chunks(jobs, gan.batch_size), key, {"key": key, "model": str(folder),
+                                                              "params": model["post"]})
 
 
 @torch.no_grad()
 def generate(generator: Generator, seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """One batch of pairs, each from its own seeded z: (uint8 images, uint8 raw mask channels)."""
-    from ..sampling.unconditional import split_pair
+    from ..diffusion.unconditional import split_pair
 
     device = next(generator.parameters()).device
     z = torch.stack([torch.randn(generator.arch.z_dim, generator=torch.Generator().manual_seed(int(s)))
@@ -399,42 +376,26 @@ def generate(generator: Generator, seeds: Sequence[int]) -> tuple[np.ndarray, np
 
 def sample_gan(run: Run, force: bool = False) -> dict:
     """Write ``gan.n_samples`` pairs of the trained GAN (EMA weights) to ``synthetic/gan/``; resumable."""
-    from ..progress import tqdm
-
-    from ..sampling.postprocess import PostProcess
-    from ..sampling.writer import SyntheticWriter
-
     folder, cfg = gan_dir(run), run.cfg
     state = read_json(folder / "train_state.json")
     if not is_finished(folder):
-        raise StageError(f"{folder}: no finished GAN; train it first (polyplib.gan.train_gan)")
+        raise StageError(f"{folder}: no finished GAN; train it first (polyplib.gan.train.train_gan)")
     post = PostProcess.from_config(cfg)
-    batches, method = _gan_plan(run)
-    key = config_key({"method": method, "model": state["key"], "weights": state.get("rank_digests"),
-                "post": post.as_row(), "ids": [j["id"] for b in batches for j in b],
-                "batch": cfg.gan.batch_size, "seed": cfg.gan.seed})
-    writer = SyntheticWriter(run.path("synthetic", method), key, [j["id"] for b in batches for j in b],
-                             {"key": key, "model": str(folder), "params": post.as_row()}, fresh=force)
+    plan = _gan_plan(run, {"model": state["key"], "weights": state.get("rank_digests"), "post": post.as_row()},
+                     folder)
     device = resolve_device(cfg.run.device)
-    todo = [b for b in batches if not all(writer.is_done(j["id"]) for j in b)]
+    generator: list[Generator] = []
+
+    def compute(batch: list[dict]):
+        if not generator:
+            generator.append(load_generator(folder, device))
+        images, raws = generate(generator[0], [j["seed"] for j in batch])
+        return [(image, raw, {}) for image, raw in zip(images, raws)]
+
     with torch_threads(cfg.run.torch_threads, device):
-        g = load_generator(folder, device) if todo else None
-        device_text = describe_device(device)
-        bar = tqdm(total=sum(map(len, batches)), initial=sum(map(len, batches)) - sum(map(len, todo)), desc=method,
-                   unit="pair", disable=not cfg.run.progress)
-        with bar:
-            for batch in todo:
-                started = time.perf_counter()
-                images, raws = generate(g, [j["seed"] for j in batch])
-                seconds = (time.perf_counter() - started) / len(batch)
-                for job, image, raw in zip(batch, images, raws):
-                    row, mask = judged_record(job, image, raw, post)
-                    writer.write({**row, "seconds": round(seconds, 6)}, image, mask)
-                    bar.update(1)
-                writer.flush()
-    writer.finish()
-    summary = set_summary(run, method, writer.table(), device_text)
-    atomic_write_json(run.path("synthetic", method, "summary.json"), summary)
+        table = write_set(set_dir(run, "gan"), plan, compute, post, fresh=force, progress=cfg.run.progress)
+    summary = set_summary(run, "gan", table, device=describe_device(device))
+    atomic_write_json(set_dir(run, "gan") / "summary.json", summary)
     return summary
 
 

@@ -21,7 +21,8 @@ import pandas as pd
 
 from ..errors import StageError
 from ..runs import Run
-from .fid import InceptionFeatures, fid_from_features, too_few
+from ..features.inception import InceptionFeatures
+from .fid import fid_from_features, too_few
 from .msssim import msssim_pairs
 
 BOOTSTRAPS = 1000
@@ -112,9 +113,10 @@ def budget_table(run: Run, extractor: InceptionFeatures) -> pd.DataFrame:
 
     from ..data.imageio import read_image, read_mask
     from ..data.prepared import load_dataset
-    from ..sampling import budget_points, synthetic_dir
-    from ..sampling.postprocess import dilate, scaled_px
-    from ..sampling.writer import read_records
+    from ..sampling.stage import budget_points
+    from ..synthetic.catalogue import set_dir
+    from ..synthetic.postprocess import dilate, scaled_px
+    from ..synthetic.folder import read_records
 
     cfg = run.cfg
     points = budget_points(cfg)
@@ -122,13 +124,13 @@ def budget_table(run: Run, extractor: InceptionFeatures) -> pd.DataFrame:
         return pd.DataFrame()
     ds = load_dataset(run)
     dilation = scaled_px(cfg.sampling.dilation_px, cfg.data.resolution, 1)
-    manifests = {name: read_records(synthetic_dir(run, name)).sort_values("id", ignore_index=True)   # all pairs
+    manifests = {name: read_records(set_dir(run, name)).sort_values("id", ignore_index=True)   # all pairs
                  for name in points}
     reference = next(iter(points))
     sources = list(manifests[reference]["source_id"])
     for name, df in manifests.items():
         if list(df["source_id"]) != sources:
-            raise StageError(f"{synthetic_dir(run, name)}: not the sources of {reference}; rerun stage 03")
+            raise StageError(f"{set_dir(run, name)}: not the sources of {reference}; rerun stage 03")
     n = len(sources)
     refused = too_few({"n": n}, cfg.metrics.min_images)   # no KID, FID or MS-SSIM below metrics.min_images
     boxes, regions, real_crops, real_cover = [], [], [], []
@@ -143,7 +145,7 @@ def budget_table(run: Run, extractor: InceptionFeatures) -> pd.DataFrame:
     real_feats = None if refused else extractor(real_crops)     # nothing extracted for a refused study
     feats, crops, covers = {}, {}, {}
     for name, df in manifests.items():
-        folders = [synthetic_dir(run, name) / ("" if ok else "rejected") for ok in df["accepted"].astype(bool)]
+        folders = [set_dir(run, name) / ("" if ok else "rejected") for ok in df["accepted"].astype(bool)]
         images = [read_image(d / "images" / f"{f}.png") for d, f in zip(folders, df["file"])]
         masks = [read_mask(d / "masks" / f"{f}.png") for d, f in zip(folders, df["file"])]
         crops[name] = [crop(im, b) for im, b in zip(images, boxes)]

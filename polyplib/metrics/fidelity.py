@@ -5,7 +5,7 @@ generated polyp, nor whether a generated region carries a give-away (grain, seam
 that real polyps never have. A segmenter trained on such pairs learns the give-away and fails on
 real frames. Two checks answer this without a human:
 
-- **Label fidelity** (``judge``): a segmenter trained on real pairs only (the study's first
+- **Label fidelity** (the judge, :func:`polyplib.segmentation.study.judge_model`): a segmenter trained on real pairs only (the study's first
   segmentation model, its training protocol, real validation) is applied to every synthetic image;
   the IoU between its prediction and the generated mask, per pair, averaged with a bootstrap 95 %
   interval. The same segmenter on the real test images is the reference: a set whose masks label
@@ -112,24 +112,6 @@ def seam_check(real: np.ndarray, generated: np.ndarray, seed: int = 0, folds: in
             "seam_hi": float(ci.high), "seam_auc": float(roc_auc_score(y, proba))}
 
 
-# ------------------------------------------------------------------------------- the real-only judge
-def judge(run: Run):
-    """The real-only segmenter: (model, mean, std, record).
-
-    It is stage 06's real-only baseline (first model, primary augmentation, first seed), trained once
-    under ``segmentation/<name>/`` by whichever stage needs it first: stage 06 then finds it finished
-    instead of training the same model a second time."""
-    from ..segmentation.models import input_normalization, load_model
-    from ..segmentation.study import judge_configuration, train_configuration
-
-    s, c = run.cfg.segmentation, judge_configuration(run.cfg)
-    folder, result = train_configuration(run, c)
-    mean, std = input_normalization(s.encoder, s.encoder_weights)
-    return load_model(folder / "train" / "model"), mean, std, {
-        "judge_model": c.model, "judge_configuration": c.name, "judge_best_epoch": result["best_epoch"],
-        "judge_val_iou": result["best_val_iou"], "judge_fit_images": result["real_images"]}
-
-
 def _iou_row(ious: np.ndarray, n_resamples: int, seed: int) -> dict:
     from ..segmentation.evaluate import bootstrap_ci
 
@@ -146,9 +128,11 @@ def label_fidelity(run: Run, labels: dict[str, str], name: str = "fidelity") -> 
     test images as reference: judge IoU with its interval, and the seam check against the real
     training regions. Written to ``metrics/<name>.json``."""
     from ..data.prepared import load_dataset
-    from ..sampling import load_synthetic, synthetic_dir
-    from ..segmentation.data import load_pool, read_synthetic_manifest
+    from ..segmentation.data import load_pool
     from ..segmentation.evaluate import evaluate_model
+    from ..segmentation.study import judge_model
+    from ..synthetic.catalogue import set_dir
+    from ..synthetic.folder import load_set, read_manifest
     from ..training import resolve_device, torch_threads
 
     cfg = run.cfg
@@ -160,17 +144,17 @@ def label_fidelity(run: Run, labels: dict[str, str], name: str = "fidelity") -> 
     real_features = features_of(zip(train.images, train.masks))
     rows = []
     with torch_threads(cfg.run.torch_threads, resolve_device(cfg.run.device)):
-        model, mean, std, record = judge(run)
+        model, mean, std, record = judge_model(run)
         batch = cfg.segmentation.batch_size
         reference = evaluate_model(model, test, mean, std, device, batch)["iou"].to_numpy()
         rows.append({"method": "real-test", "label": "real test images (reference)", **_iou_row(reference, boot, seed),
                      "seam_regions": np.nan, "seam_status": "reference", "seam_accuracy": np.nan, "seam_lo": np.nan,
                      "seam_hi": np.nan, "seam_auc": np.nan})
         for method, label in labels.items():
-            manifest = read_synthetic_manifest(synthetic_dir(run, method))
+            manifest = read_manifest(set_dir(run, method))
             if manifest.empty:
                 continue
-            pool = load_pool(load_synthetic(run, method), manifest["id"].tolist(), size, synthetic=True)
+            pool = load_pool(load_set(run, method), manifest["id"].tolist(), size, synthetic=True)
             ious = evaluate_model(model, pool, mean, std, device, batch)["iou"].to_numpy()
             generated = features_of(zip(pool.images, pool.masks))
             rows.append({"method": method, "label": label, **_iou_row(ious, boot, seed),

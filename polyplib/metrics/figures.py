@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..synthetic.catalogue import set_dir
 from .fid import TOO_FEW
 
 
@@ -93,8 +94,19 @@ def fid_display(fid: pd.DataFrame) -> pd.DataFrame:
     if not fid.empty:
         out.insert(1, "KID x 1000", _or_refused([_pm(1000 * m, 1000 * s, 2) for m, s in
                                                  zip(_column(fid, "kid_mean"), _column(fid, "kid_sd"))], fid, short=True))
-        out.insert(2, RESIZE_COLUMN, _resize(fid))
+        out.insert(2, "FID vs held-out test", _versus_test(fid, "fid_test_mean", 1))
+        out.insert(3, "KID x 1000 vs held-out test", _versus_test(fid, "kid_test_mean", 1000))
+        out.insert(4, RESIZE_COLUMN, _resize(fid))
     return out
+
+
+def _versus_test(fid: pd.DataFrame, column: str, scale: float) -> list[str]:
+    """A set's FID or KID against the held-out real test images (the real-test row: the training images'
+    own), or why there is none."""
+    values, why = _column(fid, column), fid.get("test_refusal", pd.Series("", index=fid.index))
+    digits = 1 if scale == 1 else 2
+    return [f"{scale * v:.{digits}f}" if v is not None and np.isfinite(v) else
+            (w if isinstance(w, str) and w else "–") for v, w in zip(values, why)]
 
 
 def msssim_display(msssim: pd.DataFrame) -> pd.DataFrame:
@@ -259,7 +271,7 @@ def review_grid(run, ncols: int = 6):
     key = pd.read_csv(run.path("metrics", "review", "key.csv"), dtype=str, keep_default_na=False)
     ds = load_dataset(run)
     pairs = [ds.load(r.pair_id) if r.source == "real"
-             else PreparedSet(run.path("synthetic", r.method)).load(r.pair_id) for r in key.itertuples()]
+             else PreparedSet(set_dir(run, r.method)).load(r.pair_id) for r in key.itertuples()]
     return pair_grid(pairs, list(key["item"]), ncols=ncols, suptitle="Blinded review items")
 
 
@@ -371,4 +383,40 @@ def budget_figure(budget: pd.DataFrame):
     fig.suptitle(f"Inpainting samplers: fidelity of the redrawn region against cost ({n} sources, the same seeds)",
                  fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def memorisation_figure(run, table: pd.DataFrame, per_set: int = 3, size: float = 1.5):
+    """For every measured set (and the held-out test images, the reference), its pairs whose polyp region is
+    closest to a training image, each beside that training image: what a near-copy would look like."""
+    import matplotlib.pyplot as plt
+
+    from ..data.prepared import PreparedSet, load_dataset
+    from ..plots import overlay
+
+    ds = load_dataset(run)
+    rows = []
+    for r in table.itertuples():
+        path = run.path("metrics", "memorisation", f"{r.method}.csv")
+        if path.is_file():
+            pairs = pd.read_csv(path, dtype={"id": str, "nearest_train": str}, keep_default_na=False)
+            if "nearest_train" not in pairs:
+                pairs = pairs.assign(nearest_train=[ds.ids("train")[int(i)] for i in pairs["region_train_owner"]])
+            rows.append((r, pairs.sort_values("region_train_dist").head(per_set)))
+    fig, axes = plt.subplots(max(1, len(rows)), 2 * per_set, figsize=(size * 2 * per_set, size * 1.15 * max(1, len(rows))),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (r, pairs) in enumerate(rows):
+        source = ds if r.method == "real-test" else PreparedSet(set_dir(run, r.method))
+        for k, p in enumerate(pairs.itertuples()):
+            flagged = bool(p.memorised)
+            axes[i, 2 * k].imshow(overlay(*source.load(p.id)))
+            axes[i, 2 * k].set_title(f"{r.label[:22]}\n{p.id[:16]}", fontsize=6, color="red" if flagged else "black")
+            axes[i, 2 * k + 1].imshow(overlay(*ds.load(p.nearest_train)))
+            axes[i, 2 * k + 1].set_title(f"nearest training image\n{p.region_train_dist * 255:.1f} grey levels"
+                                         + (" (copy)" if flagged else ""), fontsize=6, color="red" if flagged else "black")
+    threshold = table["region_threshold"].dropna()
+    finish(fig, f"red: polyp region closer to a training image than {threshold.iloc[0]:.1f} grey levels (RMS), the "
+                "1st percentile of the training images' distances to each other" if len(threshold) else "")
     return fig

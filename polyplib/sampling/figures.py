@@ -6,22 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.imageio import read_image, read_mask
 from ..plots import overlay
 from ..runs import Run
-from . import STYLED_METHODS
-from .postprocess import dilate
-from .writer import read_records
-
-
-def _folder(run: Run, method: str):
-    return run.path("synthetic", method)
+from ..synthetic.catalogue import STYLED_METHODS, set_dir
+from ..synthetic.folder import read_pair, read_records
+from ..synthetic.postprocess import dilate
 
 
 def load_pair(run: Run, method: str, record: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(image, mask) of one record of a method folder, accepted or rejected."""
-    base = _folder(run, method) if str(record["accepted"]) == "True" else _folder(run, method) / "rejected"
-    return read_image(base / "images" / f"{record['file']}.png"), read_mask(base / "masks" / f"{record['file']}.png")
+    """(image, mask) of one record of a method's set, accepted or rejected."""
+    return read_pair(set_dir(run, method), record)
 
 
 def _outline(image: np.ndarray, region: np.ndarray, colour=(255, 220, 0)) -> np.ndarray:
@@ -48,8 +42,8 @@ def inpainting_grid(run: Run, summary: dict, n_clusters: int = 4, size: float = 
     methods = _methods(summary)
     base = next(m for m in ("diff", "full-diff") if m in methods)
     styled = [m for m, (_, of) in STYLED_METHODS.items() if of == base and m in methods]
-    styled_records = {m: read_records(_folder(run, m)).set_index("id", drop=False) for m in styled}
-    df = read_records(_folder(run, base))
+    styled_records = {m: read_records(set_dir(run, m)).set_index("id", drop=False) for m in styled}
+    df = read_records(set_dir(run, base))
     df = df[df["accepted"].astype(str) == "True"].drop_duplicates("cluster").head(n_clusters)
     ds = load_dataset(run)
     cols = 2 + len(styled)
@@ -82,7 +76,7 @@ def unconditional_grid(run: Run, summary: dict, n: int = 6, size: float = 1.6):
     for ax in axes.flat:
         ax.axis("off")
     for row, method in enumerate(methods):
-        for col, rec in enumerate(read_records(_folder(run, method)).head(n).to_dict("records")):
+        for col, rec in enumerate(read_records(set_dir(run, method)).head(n).to_dict("records")):
             axes[row, col].imshow(overlay(*load_pair(run, method, rec)))
             ok = str(rec["accepted"]) == "True"
             axes[row, col].set_title(method if col == 0 else ("" if ok else "rejected"), fontsize=7,

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from ..errors import StageError
 from .feature_nets import VGG_LAYERS, FeatureNets
 from .repaint import pair_tensor
-from .unconditional import generators, split_pair
+from ..diffusion.unconditional import generators, split_pair
 
 LOSS_TERMS = ("zecon", "vgg", "mse", "dino", "l2", "divergence", "range")
 ZECON_LAYERS = (0, 2, 5, 8, 11)

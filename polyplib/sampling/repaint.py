@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import StageError
-from .unconditional import epsilon, generators, make_scheduler, split_pair
+from ..diffusion.unconditional import epsilon, generators, make_scheduler, split_pair
 
 STARTS = ("noise", "sdedit")
 #: joint inpainting samplers (``sampling.sampler``); ``repaint`` is the authors'

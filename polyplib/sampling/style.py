@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metrics.fid import sqrtm_psd
+from ..features.linalg import sqrtm_psd
 
 
 def mkl_matrix(cov_source: np.ndarray, cov_reference: np.ndarray) -> np.ndarray:

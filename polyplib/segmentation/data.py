@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from ..errors import StageError
+from ..synthetic.folder import read_manifest
 
 AUGMENTATIONS = ("none", "control")
 
@@ -94,22 +95,6 @@ def load_pool(dataset, ids: Sequence[str], size: int, source_ids: Sequence[str] 
     return PairPool(images, masks, ids, [str(s) for s in src], np.full(len(ids), synthetic))
 
 
-def read_synthetic_manifest(folder: str | Path) -> pd.DataFrame:
-    """Accepted pairs of a synthetic set, with ``source_id`` read as text (ids like "0012")."""
-    path = Path(folder) / "manifest.csv"
-    if not path.exists():
-        raise StageError(f"{path}: missing; not a synthetic set")
-    df = pd.read_csv(path, dtype={"id": str, "file": str, "source_id": str}, keep_default_na=False)
-    missing = {"id", "file", "source_id"} - set(df.columns)
-    if missing:
-        raise StageError(f"{path}: columns {sorted(missing)} missing")
-    if "accepted" in df:
-        df = df[df["accepted"].astype(str).str.lower().isin(("true", "1", "1.0"))]
-    if "sample_index" not in df:
-        df = df.assign(sample_index=df.groupby("source_id").cumcount())
-    return df.sort_values(["source_id", "sample_index", "id"], kind="stable").reset_index(drop=True)
-
-
 def is_unconditional(manifest: pd.DataFrame) -> bool:
     """A set drawn without source images (the GAN, unconditional sampling): no row names one."""
     return len(manifest) > 0 and not manifest["source_id"].astype(str).str.len().any()
@@ -124,7 +109,7 @@ def load_synthetic_pool(folder: str | Path, source_ids: Sequence[str], size: int
     so that a pair is never dealt to both a fitting and a validation image."""
     from ..data.prepared import PreparedSet
 
-    manifest = read_synthetic_manifest(folder)
+    manifest = read_manifest(folder)
     wanted = list(map(str, source_ids))
     if is_unconditional(manifest) and wanted:
         manifest = manifest.sort_values("id", kind="stable").reset_index(drop=True)

@@ -21,8 +21,10 @@ import torch
 from ..config import StudyConfig
 from ..errors import StageError
 from ..runs import Run, atomic_write_json, atomic_write_text
+from ..synthetic.catalogue import imported_label, paper_key, set_dir
+from ..synthetic.folder import absent_methods, read_manifest, sources_of
 from .data import (EpochPlan, PairPool, first_per_source, load_pool, load_synthetic_pool,
-                   is_unconditional, read_synthetic_manifest, small_subset, split_train_val)
+                   is_unconditional, small_subset, split_train_val)
 from .evaluate import evaluate_model, paired_test, summarise
 from .models import build_model, input_normalization, load_model
 from .train import TrainSettings, train_model
@@ -255,11 +257,9 @@ def plan_table(run: Run) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ sources
 def synthetic_sources(run: Run) -> pd.DataFrame:
     """One row per configured synthetic source: available or absent (and why), pairs, images."""
-    from ..sampling import absent_methods
-
     rows, absent = [], absent_methods(run)
     for src in run.cfg.segmentation.sources:
-        folder = run.path("synthetic", src)
+        folder = set_dir(run, src)
         row = {"source": src, "folder": str(folder), "available": False, "pairs": 0,
                "source_images": 0, "note": ""}
         if src in absent:
@@ -268,7 +268,7 @@ def synthetic_sources(run: Run) -> pd.DataFrame:
             row["note"] = "absent: no synthetic/<source>/manifest.csv (its stage has not produced it)"
         else:
             try:
-                m = read_synthetic_manifest(folder)
+                m = read_manifest(folder)
             except StageError as exc:
                 row["note"] = f"unusable: {exc}"
             else:
@@ -297,13 +297,32 @@ def configuration_key(run: Run, c: Configuration) -> str:
                                                  "lr_drop_epoch", "lr_after_drop", "batch_size", "val_fraction")},
         "synthetic_validation": s.synthetic_validation if c.regime == "synthetic" else None,
         "mix_alpha": s.mix_alpha if c.regime == "mixed" else None,
-        "synthetic": _file_digest(run.path("synthetic", c.source, "manifest.csv")) if c.source else None,
+        "synthetic": _file_digest(set_dir(run, c.source) / "manifest.csv") if c.source else None,
         "judge": configuration_key(run, judge_configuration(run.cfg)) if c.synthetic_filter is not None else None,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------ one configuration
+def refuse_test_images(run: Run, source: str, pool: PairPool, train: PairPool, test: PairPool) -> None:
+    """Stop, naming the pairs, when a synthetic set holds held-out test images: pairs made from a test
+    image (its manifest says so), or pairs whose polyp region and whole frame are both near-copies of a
+    test image (:func:`polyplib.synthetic.memorisation.leaked_pairs`, flips and re-saving included).
+    Training on them would inflate every test score built on the set."""
+    from ..synthetic.memorisation import leaked_pairs
+
+    test_ids = set(test.ids)
+    made_from_test = sorted(set(read_manifest(set_dir(run, source))["source_id"]) & test_ids)
+    copies = leaked_pairs(pool.images, pool.masks, (train.images, train.masks), (test.images, test.masks)) \
+        if len(pool) else []
+    if made_from_test or copies:
+        named = [f"{pool.ids[i]} (a copy of test image {test.ids[j]})" for i, j in copies[:20]]
+        named += [f"pairs made from test image {t}" for t in made_from_test[:20]]
+        raise StageError(f"{set_dir(run, source)}: synthetic set '{source}' holds held-out test images and is "
+                         f"refused for segmentation ({len(copies)} copied, {len(made_from_test)} test sources): "
+                         + "; ".join(named))
+
+
 class _Data:
     """Pools shared by every configuration of a run (read from disk once)."""
 
@@ -325,10 +344,12 @@ class _Data:
         return self.train.subset([index[i] for i in ids])
 
     def synthetic_pool(self, source: str) -> PairPool:
-        """Every accepted pair of a set made from (or dealt to) the training images."""
+        """Every accepted pair of a set made from (or dealt to) the training images; a set that holds
+        a held-out test image is refused (:func:`refuse_test_images`)."""
         if source not in self._synthetic:
-            self._synthetic[source] = load_synthetic_pool(self.run.path("synthetic", source),
-                                                          self.train_ids, self.size)
+            pool = load_synthetic_pool(set_dir(self.run, source), self.train_ids, self.size)
+            refuse_test_images(self.run, source, pool, self.train, self.test)
+            self._synthetic[source] = pool
         return self._synthetic[source]
 
     def synthetic(self, source: str, ids, min_judge_iou: float | None = None) -> PairPool:
@@ -395,7 +416,7 @@ class GateLeftNothing(StageError):
 def _synthetic_fit(data: _Data, c: Configuration, fit_ids) -> PairPool:
     syn = data.synthetic(c.source, fit_ids, c.synthetic_filter)
     if len(syn) == 0:
-        where = data.run.path("synthetic", c.source, "manifest.csv")
+        where = set_dir(data.run, c.source) / "manifest.csv"
         if c.synthetic_filter is not None and len(data.synthetic(c.source, fit_ids)):
             raise GateLeftNothing(f"no pair of synthetic set '{c.source}' made from the training images has a judge "
                                   f"IoU of at least {c.synthetic_filter:g} ({where}; see segmentation/filter/)")
@@ -485,6 +506,20 @@ def train_configuration(run: Run, c: Configuration) -> tuple[Path, dict]:
     return folder, json.loads((folder / "result.json").read_text())
 
 
+def judge_model(run: Run):
+    """The label-fidelity judge of stages 04, 05 and the quality gate: (model, mean, std, record).
+
+    It is stage 06's real-only baseline (first model, primary augmentation, first seed), trained once
+    under ``segmentation/<name>/`` by whichever stage needs it first: stage 06 then finds it finished
+    instead of training the same model a second time."""
+    s, c = run.cfg.segmentation, judge_configuration(run.cfg)
+    folder, result = train_configuration(run, c)
+    mean, std = input_normalization(s.encoder, s.encoder_weights)
+    return load_model(folder / "train" / "model"), mean, std, {
+        "judge_model": c.model, "judge_configuration": c.name, "judge_best_epoch": result["best_epoch"],
+        "judge_val_iou": result["best_val_iou"], "judge_fit_images": result["real_images"]}
+
+
 def run_plan(run: Run, configs: list[Configuration] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train/test every configuration of the plan; (results: one row per configuration, per-image)."""
     sources = synthetic_sources(run)
@@ -493,6 +528,8 @@ def run_plan(run: Run, configs: list[Configuration] | None = None) -> tuple[pd.D
         print(f"synthetic source '{row['source']}' skipped: {row['note']}")
     configs = plan(run.cfg, available) if configs is None else configs
     data = _Data(run)
+    for source in dict.fromkeys(c.source for c in configs if c.source):
+        data.synthetic_pool(source)      # a set holding test images stops the stage before any training
     rows, per_image = [], []
     with torch_threads(run.cfg.run.torch_threads, resolve_device(run.cfg.run.device)):
         for i, c in enumerate(configs, 1):
@@ -641,9 +678,8 @@ def paper_tables(summary: pd.DataFrame, run: Run, results: pd.DataFrame | None =
     cell with a run whose best epoch was its last, and gives Table 3 its ``validation`` column: the
     split that picked the checkpoints (every run of Tables 4-6 validates on real images)."""
     from .. import paper
-    from ..metrics import singan_sources as count_singan_sources
 
-    cfg, singan_sources = run.cfg, count_singan_sources(run)
+    cfg, singan_sources = run.cfg, sources_of(run, "singan")
     if results is None and run.path("results", "06_segmentation.csv").exists():
         results = read_table(run, "06_segmentation")
     flags = still_improving(results)
@@ -653,7 +689,8 @@ def paper_tables(summary: pd.DataFrame, run: Run, results: pd.DataFrame | None =
 
     s, aug0, m0 = cfg.segmentation, primary_augmentation(cfg), cfg.segmentation.models[0]
     departures = paper.method_departures(cfg)
-    ref = {src: paper.like_for_like(src, singan_sources, departures) for src in s.sources}
+    ref = {src: paper_key(src, singan_sources, departures, imported_label(set_dir(run, src)) is not None)
+           for src in s.sources}
     row_name = {src: f"{src} (trained here, N = {singan_sources})" if src == "singan" and singan_sources is not None
             else src for src in s.sources}
     base = dict(model=m0, n_real="all")
@@ -742,30 +779,3 @@ def read_table(run: Run, name: str) -> pd.DataFrame:
     if not path.exists():
         raise StageError(f"{path}: missing; run stage 06 (python run_all.py --only 06)")
     return pd.read_csv(path, dtype={"image_id": str, **TEXT_COLUMNS})
-
-
-def run_study(run: Run, force: bool = False) -> pd.DataFrame:
-    """Stage 06: train and test every planned configuration; one row per configuration and seed.
-
-    Saves results/06_segmentation (that table), 06_per_image (per test image, for paired tests),
-    06_summary (mean and bootstrap CI per configuration, seeds pooled), 06_paired (Wilcoxon vs
-    real-only), 06_sources (which synthetic sets were found), 06_validation (synthetic-only runs
-    tested with the checkpoint of either validation split), 06_filter (pairs the quality gate kept)
-    and 06_table3..6 (paper layout).
-    ``force`` recomputes the stage but reuses every finished configuration whose key (settings,
-    data, synthetic set) is unchanged (on one machine its result is a function of that key). To
-    retrain one, delete its folder under ``segmentation/``.
-    """
-    def compute() -> pd.DataFrame:
-        sources = synthetic_sources(run)
-        results, per_image = run_plan(run)
-        summary, paired = summary_with_tests(per_image, run.cfg)
-        for name, table in (("06_sources", sources.drop(columns="folder")), ("06_per_image", per_image),
-                            ("06_summary", summary), ("06_paired", paired), ("06_segmentation", results),
-                            ("06_validation", validation_choice(results)), ("06_filter", filter_table(run))):
-            run.save_table(name, table, stage=STAGE)
-        for name, table in paper_tables(summary, run, results, paired).items():
-            run.save_table(f"06_table{name[1:]}", table, stage=STAGE)
-        return results
-
-    return run.cached(STAGE, compute, lambda: read_table(run, "06_segmentation"), force)

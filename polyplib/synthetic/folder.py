@@ -1,4 +1,5 @@
-"""A resumable synthetic data set on disk, in the same layout as the prepared real data.
+"""A synthetic set on disk: the resumable writer, the readers and the manifest, in the layout of the
+prepared real data.
 
 Why: sampling with the paper's settings takes hours, so a killed run must continue where it
 stopped, without duplicating or losing pairs. Each pair is written as two atomic PNGs, then a
@@ -15,21 +16,40 @@ Layout of ``synthetic/<method>/``::
     rejected.csv                           one row per rejected pair, with the reason
     records/<id>.json                      per-pair record: the source of truth for resuming
     plan.json                              key of the settings, planned ids, complete flag
+    summary.json                           what the set cost and how many pairs were kept (set_summary)
+
+Stage 03 records, in ``synthetic/summary.json``, the planned sets it could not make and why
+(:func:`absent_methods`); later stages skip them by that reason.
 """
 from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..data.imageio import write_png
-from ..runs import atomic_write_json, atomic_write_text
+from ..data.imageio import read_image, read_mask, write_png
+from ..errors import StageError
+from ..runs import Run, atomic_write_json, atomic_write_text
+from .catalogue import set_dir
 
 MANIFEST_FIRST = ["id", "file", "source_id", "cluster", "model", "method", "sampler", "steps",
                   "seed", "sample_index", "accepted", "reason", "coverage"]
+
+
+def pair_paths(folder: str | Path, record: dict) -> tuple[Path, Path]:
+    """(image, mask) files of one record of a set, accepted (the data set) or rejected (kept aside)."""
+    base = Path(folder) if str(record["accepted"]) == "True" else Path(folder) / "rejected"
+    return base / "images" / f"{record['file']}.png", base / "masks" / f"{record['file']}.png"
+
+
+def read_pair(folder: str | Path, record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 image, bool mask) of one record of a set, accepted or rejected."""
+    image, mask = pair_paths(folder, record)
+    return read_image(image), read_mask(mask)
 
 
 class SyntheticWriter:
@@ -67,8 +87,7 @@ class SyntheticWriter:
         return records
 
     def paths(self, record: dict) -> tuple[Path, Path]:
-        base = self.folder if record["accepted"] else self.folder / "rejected"
-        return base / "images" / f"{record['file']}.png", base / "masks" / f"{record['file']}.png"
+        return pair_paths(self.folder, record)
 
     @property
     def complete(self) -> bool:
@@ -114,3 +133,81 @@ def read_records(folder: str | Path) -> pd.DataFrame:
              and (folder / name).stat().st_size > 1]
     parts = [p for p in parts if len(p.columns)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=MANIFEST_FIRST)
+
+
+def accepted(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The accepted rows of a manifest (a manifest without an ``accepted`` column is all accepted)."""
+    if "accepted" not in manifest:
+        return manifest
+    return manifest[manifest["accepted"].astype(str).str.strip().str.lower().isin(["true", "1", "1.0"])]
+
+
+def read_manifest(folder: str | Path) -> pd.DataFrame:
+    """Accepted pairs of a synthetic set, sorted by source and sample, with ids read as text ("0012")."""
+    path = Path(folder) / "manifest.csv"
+    if not path.exists():
+        raise StageError(f"{path}: missing; not a synthetic set")
+    df = pd.read_csv(path, dtype={"id": str, "file": str, "source_id": str}, keep_default_na=False)
+    missing = {"id", "file", "source_id"} - set(df.columns)
+    if missing:
+        raise StageError(f"{path}: columns {sorted(missing)} missing")
+    df = accepted(df)
+    if "sample_index" not in df:
+        df = df.assign(sample_index=df.groupby("source_id").cumcount())
+    return df.sort_values(["source_id", "sample_index", "id"], kind="stable").reset_index(drop=True)
+
+
+def load_set(run: Run, method: str):
+    """A finished synthetic set as a :class:`polyplib.data.prepared.PreparedSet` (accepted pairs only)."""
+    from ..data.prepared import PreparedSet
+
+    return PreparedSet(set_dir(run, method))
+
+
+def source_count(manifest: pd.DataFrame) -> int | None:
+    """Distinct source frames of the accepted pairs of a manifest (None when it records none)."""
+    m = accepted(manifest)
+    if "source_id" not in m:
+        return None
+    ids = m["source_id"].astype(str).str.strip()
+    return int(ids[(ids != "") & (ids != "nan")].nunique())
+
+
+def sources_of(run: Run, method: str) -> int | None:
+    """How many source images a set on disk was made from (e.g. SinGAN-Seg trained here); None: no set."""
+    folder = set_dir(run, method)
+    if not (folder / "manifest.csv").is_file():
+        return None
+    return source_count(pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False))
+
+
+def absent_methods(run: Run) -> dict[str, str]:
+    """{method: reason} of the sets stage 03 reported absent; later stages skip them by this reason."""
+    path = set_dir(run) / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    return {a["method"]: a["reason"] for a in summary.get("absent", [])}
+
+
+#: per-pair costs of the guided style transfer besides its UNet forward calls (manifest columns)
+STYLE_COSTS = ("unet_backward", "unet_encoder_calls", "vgg_calls", "dino_calls")
+
+
+def set_summary(run: Run, method: str, df: pd.DataFrame, **extra) -> dict:
+    """What a finished set holds and cost: pairs, acceptance and its reasons, UNet calls and seconds per pair."""
+    n = len(df)
+    kept = int(df["accepted"].astype(bool).sum()) if n else 0
+    total_s = float(df["seconds"].sum()) if "seconds" in df and n else 0.0
+    first = df.iloc[0] if n else {}
+    return {
+        "method": method, "folder": str(set_dir(run, method).relative_to(run.dir)),
+        "sampler": first.get("sampler", "") if n else "", "steps": int(first.get("steps", 0)) if n else 0,
+        "pairs": int(n), "accepted": kept, "rejected": int(n - kept),
+        "reasons": dict(Counter(r for r in df.get("reason", []) if r)),
+        "models": sorted(set(df["model"])) if n else [],
+        "nfe_per_pair": float(df["nfe"].mean()) if "nfe" in df and n else 0.0,
+        **{f"{c}_per_pair": float(df[c].mean()) for c in STYLE_COSTS if c in df and n},
+        "seconds_per_pair": round(total_s / n, 6) if n else 0.0,
+        "seconds_per_accepted_pair": round(total_s / kept, 6) if kept else None,
+        "seconds_total": round(total_s, 3), **extra,
+    }
+

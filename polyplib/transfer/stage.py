@@ -20,9 +20,9 @@ import pandas as pd
 
 from ..errors import StageError
 from ..runs import Run, atomic_write_text
+from ..segmentation.study import (CONFIG_COLUMNS, GROUP_COLUMNS, Configuration, as_text, config_label, read_table,
+                                  summary_with_tests)
 from ..training import resolve_device, torch_threads
-from .study import (CONFIG_COLUMNS, GROUP_COLUMNS, Configuration, as_text, config_label, read_table,
-                    summary_with_tests)
 
 STAGE = "07"
 IN_DOMAIN = "in-domain"
@@ -61,9 +61,9 @@ def score_on_targets(run: Run, force: bool = False) -> pd.DataFrame:
     """Per-image Dice/IoU of every stage-06 model on every target set (cached per model and target),
     plus the in-domain test scores of stage 06; columns: configuration, target, image_id, dice, iou."""
     from ..data.prepared import load_dataset, load_report
-    from .data import load_pool
-    from .evaluate import evaluate_model
-    from .models import input_normalization, load_model
+    from ..segmentation.data import load_pool
+    from ..segmentation.evaluate import evaluate_model
+    from ..segmentation.models import input_normalization, load_model
 
     cfg, s = run.cfg, run.cfg.segmentation
     results = read_table(run, "06_segmentation")
@@ -142,7 +142,7 @@ def load_tables(run: Run) -> dict[str, pd.DataFrame]:
     return {name: run.load_table(name) for name in TABLES}
 
 
-def run_transfer(run: Run, force: bool = False) -> dict[str, pd.DataFrame]:
+def run_stage(run: Run, force: bool = False) -> dict[str, pd.DataFrame]:
     """Stage 07 entry point: tables ``07_targets``, ``07_per_image``, ``07_summary``, ``07_paired`` and
     ``07_transfer`` (the wide in-domain vs out-of-domain table)."""
     def compute() -> dict[str, pd.DataFrame]:

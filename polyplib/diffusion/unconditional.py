@@ -8,22 +8,15 @@ not depend on which other pairs share its batch, and any pair can be redrawn alo
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import StageError
-from .postprocess import to_uint8
+from ..synthetic.postprocess import to_uint8
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
-
-
-def pair_seed(base: int, key: str, index: int) -> int:
-    """A 63-bit seed derived from (base seed, source id or stream name, sample index)."""
-    digest = hashlib.sha256(f"{base}|{key}|{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def generators(seeds: Sequence[int]) -> list[torch.Generator]:

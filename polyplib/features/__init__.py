@@ -1,0 +1,1 @@
+"""What several stages compute from images and none owns: the FID Inception features and weights, shared linear algebra."""
