@@ -37,11 +37,13 @@ class Context:
     absent: dict[str, str] = field(default_factory=dict)
     singan_sources: int | None = None
     device: str | None = None
+    imported: dict[str, str] = field(default_factory=dict)    # sets imported from other generators: name -> label
 
     @classmethod
     def of(cls, run) -> "Context":
         import json
 
+        from .synthetic.catalogue import imported_label, set_dir
         from .synthetic.folder import absent_methods, sources_of
 
         try:
@@ -51,7 +53,10 @@ class Context:
         device = meta.get("device") or {}
         gpus = device.get("gpus")
         text = (", ".join(gpus) if gpus else "CPU only") + f" ({device.get('cpu_count', '?')} cores)" if device else None
-        return cls(absent_methods(run), sources_of(run, "singan"), text)
+        root = set_dir(run)
+        imported = {p.name: imported_label(p) for p in sorted(root.iterdir()) if p.is_dir() and imported_label(p)} \
+            if root.is_dir() else {}
+        return cls(absent_methods(run), sources_of(run, "singan"), text, imported)
 
 
 def _show(value: Any) -> str:
@@ -315,8 +320,9 @@ TOPICS = [data, resolution, split, test_draw, clusters, unet, variance, noise_sc
           synthetic_use]
 
 
-def extras(cfg) -> list[Line]:
+def extras(cfg, ctx: Context | None = None) -> list[Line]:
     """What this study adds that the paper has no counterpart for."""
+    ctx = ctx or Context()
     out = [Line("4-channel GAN", EXTRA, "a 4-channel GAN trained in the DDPMs' harness (`gan`): not the paper's GAN "
                 "baseline (that is SinGAN-Seg); no paper value stands beside it.")]
     if cfg.sampling.style.mkl_only:
@@ -336,6 +342,17 @@ def extras(cfg) -> list[Line]:
     out.append(Line("Label fidelity and seam check", EXTRA, "per synthetic set, the IoU of each generated mask with a "
                     "real-only segmenter's prediction, and how well a small classifier tells generated from real polyp "
                     "regions (notebooks 04 and 05; the paper judged masks only by expert review)."))
+    out.append(Line("FID against unseen images", EXTRA, "every set's FID and KID also against the held-out real test "
+                    "images, beside the training images' own (the paper compares with the training images only, which "
+                    "rewards an inpainted frame for being mostly its own training frame)."))
+    out.append(Line("Memorisation and leakage", EXTRA, "per set, the share of pairs whose polyp region (also the whole "
+                    "frame, and the Inception features) is closer to a training image than the 1st percentile of the "
+                    "training images' distances to each other, and the held-out test images found in it; stage 06 "
+                    "refuses a set that holds any."))
+    if ctx.imported:
+        out.append(Line("Sets from other generators", EXTRA, ", ".join(f"`{k}` ({v})" for k, v in ctx.imported.items())
+                        + ": imported with `python -m polyplib.synthetic import` and scored by this study's protocol; "
+                        "no paper value stands beside them."))
     out.append(Line("Minimum set size", EXTRA, f"no FID or KID for a set, or a real reference, of fewer than "
                     f"{cfg.metrics.min_images:,} images (`metrics.min_images`): such rows say 'too few images' with their "
                     "n (the paper states no minimum; its sets hold hundreds of images)."))
@@ -353,4 +370,4 @@ def notes(ctx: Context) -> list[Line]:
 def compare(cfg, ctx: Context | None = None) -> list[Line]:
     """Every topic's line, then the extras and the notes."""
     ctx = ctx or Context()
-    return [topic(cfg, ctx) for topic in TOPICS] + extras(cfg) + notes(ctx)
+    return [topic(cfg, ctx) for topic in TOPICS] + extras(cfg, ctx) + notes(ctx)

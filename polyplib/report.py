@@ -13,6 +13,7 @@ Files: ``runs/<profile>/report.md`` and ``report.html`` (figures linked from ``f
 from __future__ import annotations
 
 import html
+import importlib
 import json
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,44 +29,9 @@ class Section:
     stage: str
     title: str
     intro: str
-    tables: list[tuple[str, str, Callable[[pd.DataFrame], pd.DataFrame] | None]]
+    #: (table, caption, how it is shown: a function, "module:function" imported when shown, or None: as saved)
+    tables: list[tuple[str, str, Callable[[pd.DataFrame], pd.DataFrame] | str | None]]
     figures: list[str] = field(default_factory=list)
-
-
-def _fid(df):
-    from .metrics.figures import fid_display
-
-    return fid_display(df)
-
-
-def _msssim(df):
-    from .metrics.figures import msssim_display
-
-    return msssim_display(df)
-
-
-def _budget(df):
-    from .metrics.figures import budget_display
-
-    return budget_display(df)
-
-
-def _fidelity(df):
-    from .metrics.fidelity import fidelity_display
-
-    return fidelity_display(df)
-
-
-def _memorisation(df):
-    from .metrics.copies import memorisation_display
-
-    return memorisation_display(df)
-
-
-def _comparison(df):
-    from .gan.figures import comparison_display
-
-    return comparison_display(df)
 
 
 def _gate(df: pd.DataFrame) -> pd.DataFrame:
@@ -82,25 +48,26 @@ SECTIONS = [
             "MS-SSIM within each set (lower = more diverse); the paper's values in their own column. A set (or real "
             "reference) with fewer images than `metrics.min_images` has no FID, KID or MS-SSIM: its row says 'too few "
             "images' with its n.",
-            [("04_fid", "FID / KID (paper Table 1 format)", _fid),
-             ("04_msssim", "MS-SSIM within each set (paper Table 2 format)", _msssim),
+            [("04_fid", "FID / KID (paper Table 1 format)", "polyplib.metrics.figures:fid_display"),
+             ("04_msssim", "MS-SSIM within each set (paper Table 2 format)", "polyplib.metrics.figures:msssim_display"),
              ("04_label_fidelity", "Label fidelity (IoU of each generated mask with a real-only segmenter's "
               "prediction; real test images as reference) and the seam check (accuracy of a classifier telling "
-              "generated from real polyp regions; 0.5 = indistinguishable), with 95 % intervals", _fidelity),
+              "generated from real polyp regions; 0.5 = indistinguishable), with 95 % intervals",
+              "polyplib.metrics.fidelity:fidelity_display"),
              ("04_memorisation", "Near-copies of real images: share of pairs whose polyp region (or whole frame, or "
               "Inception features) is closer to a training image than the 1st percentile of the training images' "
               "distances to each other, and held-out test images found in the set; the test images themselves "
-              "as the reference", _memorisation),
+              "as the reference", "polyplib.metrics.copies:memorisation_display"),
              ("04_budget", "Inpainting samplers, quality against cost (`sampling.budget_study`): KID x 1000 of the "
               "redrawn regions with 95 % bootstrap intervals, the paired difference to the authors' 960-call "
-              "schedule, UNet calls and seconds per pair", _budget)],
+              "schedule, UNet calls and seconds per pair", "polyplib.metrics.figures:budget_display")],
             ["04_fid", "04_msssim", "04_label_fidelity", "04_memorisation", "04_budget"]),
     Section("05", "GANs versus diffusion (notebook 05)",
             "Every generator trained on this run's data at this run's resolution; compute measured on this "
             "run's device, paper-scale cost extrapolated (labelled as such).",
-            [("05_comparison", "FID, MS-SSIM and compute per method", _comparison),
+            [("05_comparison", "FID, MS-SSIM and compute per method", "polyplib.gan.figures:comparison_display"),
              ("05_label_fidelity", "Label fidelity and the seam check of the GAN-made sets (as in notebook 04)",
-              _fidelity)],
+              "polyplib.metrics.fidelity:fidelity_display")],
             ["05_fid_vs_compute", "05_label_fidelity"]),
     Section("06", "Segmentation (notebook 06)",
             "Mean IoU / Dice on the real test images with bootstrap 95 % intervals; the paper's IoU beside them. "
@@ -160,6 +127,9 @@ def _table(run: Run, name: str, show) -> pd.DataFrame | None:
     if not run.path("results", f"{name}.csv").exists():
         return None
     df = run.load_table(name)
+    if isinstance(show, str):      # the stage's own display function, imported only when a report shows it
+        module, function = show.split(":")
+        show = getattr(importlib.import_module(module), function)
     df = show(df) if show else df
     return df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
 

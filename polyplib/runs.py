@@ -273,6 +273,10 @@ class Run:
         for name, table in tables.items():
             self.save_table(name, table, stage=stage)
 
+    def load_tables(self, names) -> dict:
+        """{name: table} of a stage's saved tables (what its cache serves)."""
+        return {name: self.load_table(name) for name in names}
+
     def load_table(self, name: str):
         """A table written by ``save_table`` (an empty table stays empty); StageError if it is missing."""
         import pandas as pd

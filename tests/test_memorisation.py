@@ -20,14 +20,9 @@ N_INCEPTION_QUERY = 30
 
 
 def _frames(indices):
-    from polyplib.data.phantom import render_frame
+    from polyplib.data.phantom import render_pairs
 
-    images, masks = [], []
-    for i in indices:
-        img, mask = render_frame("A", 7, int(i), scale=SIZE / 300)
-        images.append(cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA))
-        masks.append(cv2.resize(mask.astype(np.uint8), (SIZE, SIZE), interpolation=cv2.INTER_NEAREST) > 0)
-    return np.stack(images), np.stack(masks)
+    return render_pairs("A", 7, indices, SIZE)
 
 
 def _perturb(img, mask, rng, jpeg_quality=75):

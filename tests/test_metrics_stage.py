@@ -349,7 +349,7 @@ def test_a_set_below_min_images_gets_no_fid_kid_or_msssim_and_says_why(stage04, 
     import matplotlib.pyplot as plt
 
     from polyplib.metrics import figures
-from polyplib.metrics.stage import run_stage as evaluate
+    from polyplib.metrics.stage import run_stage as evaluate
 
     other = _copy(run, tmp_path, ["metrics.min_images=8"])
     out = evaluate(other)
@@ -409,7 +409,7 @@ def test_smoke_tables_show_too_few_images(stage04, run, tmp_path):
     import matplotlib.pyplot as plt
 
     from polyplib.metrics import figures
-from polyplib.metrics.stage import run_stage as evaluate
+    from polyplib.metrics.stage import run_stage as evaluate
 
     other = _copy(run, tmp_path)
     assert other.cfg.metrics.min_images == 100

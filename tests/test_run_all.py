@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import browser_check
@@ -412,6 +413,63 @@ def test_same_profile_and_seed_give_identical_segmentation_results(smoke, tmp_pa
     per_image = ["target", "regime", "source", "n_real", "augmentation", "image_id", "dice", "iou"]
     pd.testing.assert_frame_equal(pd.read_csv(base / "run" / "results" / "07_per_image.csv")[per_image],
                                   pd.read_csv(copy / "results" / "07_per_image.csv")[per_image], check_exact=True)
+
+
+def test_an_imported_copy_of_the_diff_set_scores_what_the_diff_set_scores(smoke, tmp_path, monkeypatch):
+    """Another generator's folder, scored by the study's protocol: the smoke run's own Diff set written out as
+    images/ + masks/ (with its manifest) and in CVC-ClinicDB's layout (sources given by --manifest), imported
+    with ``python -m polyplib.synthetic import``, gets the Diff set's FID, KID, label fidelity and segmentation
+    IoU exactly. (The smoke sets are below metrics.min_images and the label-fidelity minimum: both are lowered
+    for this comparison, which then computes every number.)"""
+    import dataclasses
+    import shutil
+
+    import pandas as pd
+
+    from polyplib.config import load_config
+    from polyplib.features.inception import InceptionFeatures
+    from polyplib.features.inception_weights import resolve_fid_weights
+    from polyplib.metrics import fidelity
+    from polyplib.metrics.stage import discover_sets, fid_tables
+    from polyplib.runs import Run
+    from polyplib.segmentation import study
+    from polyplib.synthetic.__main__ import main
+
+    copy = tmp_path / "run"
+    shutil.copytree(smoke[0] / "run", copy, ignore=shutil.ignore_patterns("notebooks", "models", "raw", "figures"))
+    diff = copy / "synthetic" / "diff"
+    manifest = pd.read_csv(diff / "manifest.csv", dtype=str, keep_default_na=False)
+    plain, cvc = tmp_path / "plain", tmp_path / "cvc" / "CVC-ClinicDB" / "PNG"
+    for folder, images, masks in ((plain, "images", "masks"), (cvc, "Original", "Ground Truth")):
+        for sub, name in ((images, "images"), (masks, "masks")):
+            (folder / sub).mkdir(parents=True)
+            for f in manifest["file"]:
+                shutil.copy(diff / name / f"{f}.png", folder / sub / f"{f}.png")
+    manifest.to_csv(plain / "manifest.csv", index=False)
+    assert main(["import", str(plain), "--name", "ext-plain", "--run-dir", str(copy)]) == 0
+    assert main(["import", str(tmp_path / "cvc"), "--name", "ext-cvc", "--run-dir", str(copy),
+                 "--manifest", str(diff / "manifest.csv")]) == 0
+    names = ["diff", "ext-plain", "ext-cvc"]
+    run = Run(load_config(str(copy / "config.yaml"), ["metrics.min_images=2"]), copy)
+    m = run.cfg.metrics
+    sets = {k: v for k, v in discover_sets(run, m.fid_sets, names).items() if k in names}
+    assert [len(i) for i in sets["ext-cvc"].sets] == [len(i) for i in sets["diff"].sets]
+    fid = fid_tables(run, InceptionFeatures(resolve_fid_weights(m.fid_weights, m.cache_dir), resize=m.fid_resize),
+                     sets)[0].set_index("method")
+    monkeypatch.setattr(fidelity, "MIN_REGIONS", 2)
+    judged = fidelity.label_fidelity(run, {k: k for k in names}, name="fidelity_import").set_index("method")
+    for ext in names[1:]:
+        for column in ("fid_mean", "kid_mean"):
+            assert np.isfinite(fid.at["diff", column]) and fid.at[ext, column] == fid.at["diff", column], column
+        assert np.isfinite(judged.at["diff", "judge_iou"]) and judged.at[ext, "judge_iou"] == judged.at["diff", "judge_iou"]
+        seam = ["seam_regions", "seam_status", "seam_accuracy"]     # the smoke's 7 pairs hold 1 region large enough
+        assert judged.loc[ext, seam].fillna("-").tolist() == judged.loc["diff", seam].fillna("-").tolist()
+    planned = [c for c in study.plan(run.cfg, ["diff"]) if c.source == "diff" and c.n_real is None and c.seed == 0]
+    for c in [c for c in planned if c.regime in ("synthetic", "mixed")][:2]:
+        _, reference = study.train_configuration(run, c)
+        for ext in names[1:]:
+            _, result = study.train_configuration(run, dataclasses.replace(c, source=ext))
+            assert (result["iou"], result["dice"]) == (reference["iou"], reference["dice"]), (c.name, ext)
 
 
 # ----------------------------------------------------------------------------- as a person opens them

@@ -392,6 +392,17 @@ _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 3]
 
 
 
+def render_pairs(domain: PhantomDomain | str, seed: int, indices, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``indices`` squeezed to size x size, as arrays (images N x size x size x 3, masks N x size x size):
+    a set of phantom pairs in memory for checks that need realistic frames but no run folder."""
+    images, masks = [], []
+    for i in indices:
+        image, mask = render_frame(domain, seed, int(i), scale=size / 300)
+        images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+        masks.append(cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0)
+    return np.stack(images), np.stack(masks)
+
+
 def _frame_paths(dest: Path, d: PhantomDomain, index: int) -> tuple[Path, Path]:
     if PHANTOM_LAYOUTS.get(d.name, "kvasir-seg") == "kvasir-seg":
         name = f"ph{d.name}{index:05d}"

@@ -5,7 +5,7 @@ scikit-learn KMeans (random_state=0, K=20). Here:
 
 * ``clustering.features: inception`` — FID Inception pool3 features (2048-d) of the image and of the
   mask (as a grey 3-channel image), concatenated to 4096-d; real weights only, through stage 04's
-  feature path (``polyplib.metrics.fid.InceptionFeatures``, see :func:`inception_extractor`).
+  feature path (``polyplib.features.inception.InceptionFeatures``, see :func:`inception_extractor`).
 * ``clustering.features: handcrafted`` — a documented stand-in when no Inception weights exist:
   colour statistics inside and outside the mask (mean and std of R, G, B: 12 values) and mask shape
   (coverage, centroid y/x, bounding-box height/width, connected components, compactness: 7 values),

@@ -199,16 +199,12 @@ def _compute_tables(run: Run, force: bool) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def load_tables(run: Run) -> dict[str, pd.DataFrame]:
-    """The stage's saved tables (results/05_*.csv)."""
-    return {name: run.load_table(name) for name in TABLES}
-
 
 def run_stage(run: Run, force: bool = False) -> dict[str, pd.DataFrame]:
     """Stage 05 entry point: train and sample the GAN and SinGAN-Seg, account for every generator's
     compute, measure FID / MS-SSIM; tables ``05_comparison``, ``05_compute``, ``05_training``,
     ``05_synthetic_sets``, ``05_fid``, ``05_msssim``."""
-    return run.cached("05", lambda: _compute(run, force), lambda: load_tables(run), force)
+    return run.cached("05", lambda: _compute(run, force), lambda: run.load_tables(TABLES), force)
 
 
 def gan_summary(run: Run) -> dict:

@@ -410,11 +410,7 @@ def _compute(run: Run) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def load_tables(run: Run) -> dict[str, pd.DataFrame]:
-    """The stage's saved tables (results/04_*.csv)."""
-    return {name: run.load_table(name) for name in TABLES}
-
 
 def run_stage(run: Run, force: bool = False) -> dict[str, pd.DataFrame]:
     """Stage 04 entry point: tables ``04_fid``, ``04_fid_steps``, ``04_msssim``, ``04_review_kit``."""
-    return run.cached("04", lambda: _compute(run), lambda: load_tables(run), force)
+    return run.cached("04", lambda: _compute(run), lambda: run.load_tables(TABLES), force)

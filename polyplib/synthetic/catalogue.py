@@ -64,7 +64,7 @@ def imported_label(folder: Path) -> str | None:
     """The label of a set imported by :mod:`.external` (its ``plan.json`` says so), else None."""
     try:
         info = json.loads((Path(folder) / "plan.json").read_text()).get("info", {})
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError):      # no plan, not a folder, half-written
         return None
     return info.get("label") if info.get("imported") else None
 

@@ -173,8 +173,8 @@ def import_pairs(run: Run, name: str, found: list[tuple[Pair, str, int]], *, lab
                   "original_height": int(c.original_size[0]), "original_width": int(c.original_size[1])})]
 
     table = write_set(set_dir(run, name), plan, compute, post, progress=cfg.run.progress)
-    if register:
-        for stage_id in ("04", *downstream("04")):
+    if register:      # the stages that measure or train on sets run again (stage 05 measures only its GANs' sets)
+        for stage_id in dict.fromkeys(["04", *downstream("04"), "06", *downstream("06")]):
             run.stage(stage_id).invalidate()
     print(f"{name}: {int(table['accepted'].astype(bool).sum())} of {len(table)} pairs accepted "
           f"into {set_dir(run, name)}")

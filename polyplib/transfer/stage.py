@@ -138,10 +138,6 @@ def transfer_tables(per_image: pd.DataFrame, cfg) -> tuple[pd.DataFrame, pd.Data
         paired[["target", *[c for c in paired.columns if c != "target"]]], wide
 
 
-def load_tables(run: Run) -> dict[str, pd.DataFrame]:
-    return {name: run.load_table(name) for name in TABLES}
-
-
 def run_stage(run: Run, force: bool = False) -> dict[str, pd.DataFrame]:
     """Stage 07 entry point: tables ``07_targets``, ``07_per_image``, ``07_summary``, ``07_paired`` and
     ``07_transfer`` (the wide in-domain vs out-of-domain table)."""
@@ -153,4 +149,4 @@ def run_stage(run: Run, force: bool = False) -> dict[str, pd.DataFrame]:
         run.save_tables(tables, stage=STAGE)
         return tables
 
-    return run.cached(STAGE, compute, lambda: load_tables(run), force)
+    return run.cached(STAGE, compute, lambda: run.load_tables(TABLES), force)
