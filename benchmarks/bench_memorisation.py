@@ -1,7 +1,7 @@
 """Does the memorisation check find near-copies, and only them? And how many does the course's Diff set hold?
 
 1. Phantom frames (domain A, 64 px): a set made of training frames with small perturbations (a flip, Gaussian
-   noise of 3 grey levels, JPEG at quality 75) and the held-out test frames themselves, scored by the study's
+   noise of 3 grey levels, JPEG at quality 75) and the held-out test frames that show a polyp, scored by the study's
    verdict (``memorised``: the polyp region closer to a training image than the 1st percentile of the training
    images' distances to each other) and by each measure alone.
 2. With ``--course RUN_DIR`` (a run whose stage 03 is done, e.g. ``runs/course``): stage 04's memorisation table of
@@ -53,6 +53,8 @@ def phantom_check(n_train: int, n_test: int, extractor) -> dict:
 
     train_x, train_m = frames(range(n_train))
     test_x, test_m = frames(range(10_000, 10_000 + n_test))
+    polyp = test_m.reshape(len(test_m), -1).any(axis=1)          # a frame without a polyp has no region to copy
+    test_x, test_m = test_x[polyp], test_m[polyp]
     copies_x, copies_m = perturbed(train_x[: n_test], train_m[: n_test], seed=0)
     region = mem.region_reference(train_x, train_m)
     inception = mem.Reference(extractor(list(train_x)), np.arange(n_train)).with_threshold()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..features.inception import cached_features
 from ..runs import Run, atomic_write_text
 from ..synthetic.memorisation import (PERCENTILE, Measure, Reference, copy_check, frame_descriptors,
                                       frame_reference, region_descriptors, region_reference, verdicts)
@@ -41,14 +42,17 @@ class RealReferences:
         self.train = load_pool(ds, ds.ids("train"), size)
         self.test = load_pool(ds, ds.ids("test"), size)
         self.extractor = extractor
-        self.region = region_reference(self.train.images, self.train.masks)
+        self.region = region_reference(self.train.images, self.train.masks)     # frames that show a polyp
         self.frame = frame_reference(self.train.images)
         self.region_test = region_reference(self.test.images, self.test.masks, percentile=None)
         self.frame_test = frame_reference(self.test.images, percentile=None)
-        # Inception: the unflipped frames (the network is nearly flip-invariant; 3x the extraction is not worth it)
-        owner = np.arange(len(self.train))
-        self.inception = Reference(extractor(list(self.train.images)), owner).with_threshold(PERCENTILE)
-        self.inception_test = Reference(extractor(list(self.test.images)), np.arange(len(self.test)))
+        # Inception: the unflipped frames (the network is nearly flip-invariant; 3x the extraction is not worth it),
+        # the features FID uses, from the same cache
+        cache = run.cfg.metrics.cache_dir
+        train, test = (cached_features(f"{ds.name}-{split}", pool.ids, [ds.paths(i)[0] for i in pool.ids], extractor,
+                                       cache).features for split, pool in (("train", self.train), ("test", self.test)))
+        self.inception = Reference(train, np.arange(len(self.train))).with_threshold(PERCENTILE)
+        self.inception_test = Reference(test, np.arange(len(self.test)))
 
     def check(self, images, masks, features: np.ndarray | None = None, against_test: bool = True) -> pd.DataFrame:
         """copy_check's per-pair table for these pairs (``features``: their Inception features when already
@@ -90,8 +94,9 @@ def memorisation_table(run: Run, extractor, sets: dict) -> pd.DataFrame:
     m, size = run.cfg.metrics, run.cfg.data.resolution
     refs = RealReferences(run, extractor)
     rows = []
-    reference = refs.check(refs.test.images, refs.test.masks, against_test=False)
-    rows.append(_row("real-test", "Real held-out test images (reference)", refs.test.ids, reference, refs, m.min_images))
+    polyps = refs.test.subset(np.flatnonzero(refs.test.masks.reshape(len(refs.test), -1).any(axis=1)))
+    reference = refs.check(polyps.images, polyps.masks, against_test=False)
+    rows.append(_row("real-test", "Real held-out test images (reference)", polyps.ids, reference, refs, m.min_images))
     for method, info in sets.items():
         if info.status != "ok":
             continue
@@ -104,8 +109,8 @@ def memorisation_table(run: Run, extractor, sets: dict) -> pd.DataFrame:
             ["id", "nearest_train", "nearest_test", *table.columns]]
         atomic_write_text(run.path("metrics", "memorisation", f"{method}.csv"), named.to_csv(index=False))
         rows.append(_row(method, info.label, ids, table, refs, m.min_images))
-    atomic_write_text(run.path("metrics", "memorisation", "real-test.csv"),
-                      reference.assign(id=refs.test.ids).to_csv(index=False))
+    atomic_write_text(run.path("metrics", "memorisation", "real-test.csv"), reference.assign(
+        id=polyps.ids, nearest_train=[refs.train.ids[i] for i in reference["region_train_owner"]]).to_csv(index=False))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -389,6 +389,8 @@ def budget_figure(budget: pd.DataFrame):
 def memorisation_figure(run, table: pd.DataFrame, per_set: int = 3, size: float = 1.5):
     """For every measured set (and the held-out test images, the reference), its pairs whose polyp region is
     closest to a training image, each beside that training image: what a near-copy would look like."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     from ..data.prepared import PreparedSet, load_dataset
@@ -400,8 +402,6 @@ def memorisation_figure(run, table: pd.DataFrame, per_set: int = 3, size: float 
         path = run.path("metrics", "memorisation", f"{r.method}.csv")
         if path.is_file():
             pairs = pd.read_csv(path, dtype={"id": str, "nearest_train": str}, keep_default_na=False)
-            if "nearest_train" not in pairs:
-                pairs = pairs.assign(nearest_train=[ds.ids("train")[int(i)] for i in pairs["region_train_owner"]])
             rows.append((r, pairs.sort_values("region_train_dist").head(per_set)))
     fig, axes = plt.subplots(max(1, len(rows)), 2 * per_set, figsize=(size * 2 * per_set, size * 1.15 * max(1, len(rows))),
                              squeeze=False)
@@ -412,7 +412,8 @@ def memorisation_figure(run, table: pd.DataFrame, per_set: int = 3, size: float 
         for k, p in enumerate(pairs.itertuples()):
             flagged = bool(p.memorised)
             axes[i, 2 * k].imshow(overlay(*source.load(p.id)))
-            axes[i, 2 * k].set_title(f"{r.label[:22]}\n{p.id[:16]}", fontsize=6, color="red" if flagged else "black")
+            axes[i, 2 * k].set_title(f"{textwrap.shorten(r.label, 26, placeholder='…')}\n{p.id[:20]}", fontsize=6,
+                                     color="red" if flagged else "black")
             axes[i, 2 * k + 1].imshow(overlay(*ds.load(p.nearest_train)))
             axes[i, 2 * k + 1].set_title(f"nearest training image\n{p.region_train_dist * 255:.1f} grey levels"
                                          + (" (copy)" if flagged else ""), fontsize=6, color="red" if flagged else "black")

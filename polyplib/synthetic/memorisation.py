@@ -179,14 +179,18 @@ def region_reference(images: Images, masks: Images, size: int = REGION_SIZE, mar
                      percentile: float | None = PERCENTILE) -> Reference:
     """Region descriptors of a real set and its flips, variant by variant, so that the flipped
     copies of a large set are never all held in memory; same rows as describing :func:`flipped`'s
-    output. With ``percentile`` the set's real-vs-real threshold is computed too."""
-    n = len(images)
-    parts = [region_descriptors(images, masks, size, margin),
-             region_descriptors([np.asarray(i)[:, ::-1] for i in images], [np.asarray(m)[:, ::-1] for m in masks],
-                                size, margin),
-             region_descriptors([np.asarray(i)[::-1] for i in images], [np.asarray(m)[::-1] for m in masks],
-                                size, margin)]
-    ref = Reference(np.concatenate(parts), np.tile(np.arange(n), len(VARIANTS)))
+    output. A frame without a polyp has no polyp region to copy and is left out, but owners stay
+    indices into ``images``. With ``percentile`` the set's real-vs-real threshold is computed too.
+    (The frame measure, :func:`frame_reference`, passes full masks: every frame takes part.)"""
+    keep = np.asarray([i for i, m in enumerate(masks) if np.asarray(m).any()], int)
+    if keep.size == 0:
+        raise StageError("memorisation reference: no real frame shows a polyp")
+    imgs = [np.asarray(images[i]) for i in keep]
+    msks = [np.asarray(masks[i]) for i in keep]
+    parts = [region_descriptors(imgs, msks, size, margin),
+             region_descriptors([i[:, ::-1] for i in imgs], [m[:, ::-1] for m in msks], size, margin),
+             region_descriptors([i[::-1] for i in imgs], [m[::-1] for m in msks], size, margin)]
+    ref = Reference(np.concatenate(parts), np.tile(keep, len(VARIANTS)))
     return ref if percentile is None else ref.with_threshold(percentile)
 
 
