@@ -59,15 +59,9 @@ def _perturbed_set(real, picks, seed, jpeg_quality=75):
 def inception():
     """The FID Inception extractor on CPU with one torch thread, or a skip saying why not."""
     torch = pytest.importorskip("torch")
-    try:    # the project is moving these modules: accept the new and the old location
-        from polyplib.features.inception import InceptionFeatures
-        from polyplib.features.inception_weights import resolve_fid_weights
-    except ImportError:
-        try:
-            from polyplib.metrics.fid import InceptionFeatures
-            from polyplib.metrics.inception_weights import resolve_fid_weights
-        except ImportError as exc:
-            pytest.skip(f"FID Inception extractor not importable: {exc}")
+    from polyplib.features.inception import InceptionFeatures
+    from polyplib.features.inception_weights import resolve_fid_weights
+
     try:
         weights = resolve_fid_weights(None, None)
     except StageError as exc:
