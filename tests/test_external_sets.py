@@ -134,6 +134,14 @@ def test_the_command_line_imports_into_an_existing_run_folder_and_says_errors_in
     assert main(["import", str(tmp_path / "missing"), "--name", "x", "--run-dir", str(run.dir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing" in err and len(err.strip().splitlines()) == 1
+    # not while a run holds the folder: it reads the sets; nothing is written
+    from polyplib.runlock import run_folder_lock
+
+    with run_folder_lock(run.dir):
+        assert main(["import", str(folder), "--name", "while-busy", "--run-dir", str(run.dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "in use by another run" in err and str(run.dir) in err
+    assert not (run.dir / "synthetic" / "while-busy").exists()
 
 
 def test_a_set_holding_held_out_test_images_is_refused_for_segmentation_naming_them(run, tmp_path):

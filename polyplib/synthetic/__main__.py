@@ -2,7 +2,8 @@
 
 Imports another generator's labelled pairs into a run (:mod:`polyplib.synthetic.external`): stage 04 then
 measures the set beside the study's own, and ``--set segmentation.sources=[diff,NAME]`` trains on it.
-Exit codes: 0 imported, 2 error (printed as one ``error: ...`` line naming the file and the problem).
+Exit codes: 0 imported, 2 error (printed as one ``error: ...`` line naming the file and the problem; a run
+folder that ``run_all.py`` holds is one).
 """
 from __future__ import annotations
 
@@ -47,11 +48,13 @@ def open_target_run(profile: str | None, overrides: list[str], run_dir: str | No
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        from ..runlock import run_folder_lock
         from .external import import_folder
 
         run = open_target_run(args.profile, args.overrides, args.run_dir)
-        imported = import_folder(run, args.folder, args.name, manifest=args.manifest, layout=args.layout,
-                                 label=args.label)
+        with run_folder_lock(run.dir):      # not while run_all.py works in the folder: it reads the sets
+            imported = import_folder(run, args.folder, args.name, manifest=args.manifest, layout=args.layout,
+                                     label=args.label)
     except PolypError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
