@@ -51,6 +51,11 @@ def test_pair_dataset_order_is_seeded_and_covers_every_pair(tiny_run):
         assert torch.equal(row, plain[i].flip(-1))
         flipped += 1
     assert 0 < flipped < 24
+    # on a device, every batch is made there (the trainers keep the pairs on theirs): same values on the CPU, and
+    # on torch's meta device (which has no values) the batch stays on it, so nothing is copied from the host
+    assert ds.to("cpu") is ds and torch.equal(ds.batch(0, 24), batch)
+    on_meta = PairDataset(prepared, ids, hflip=True, seed=3).to("meta").batch(0, 24)
+    assert on_meta.device.type == "meta" and on_meta.shape == batch.shape and on_meta.dtype == torch.float32
 
 
 def test_pair_dataset_rejects_mixed_sizes():

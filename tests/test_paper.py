@@ -220,3 +220,31 @@ def test_a_faster_inpainting_sampler_is_another_method_and_the_report_counts_its
     ddim = _lines("smoke", ["sampling.sampler=repaint-ddim"])["RePaint schedule"]
     assert "`sampling.sampler` = repaint-ddim" in ddim.text
     assert _lines("paper")["RePaint schedule"].status == "equal"
+
+
+def test_the_gpu_profile_is_the_authors_method_at_another_scale():
+    """#28: the `gpu` profile keeps every setting that makes the authors' method (variance and hybrid loss, noise
+    schedule, learning rate, RePaint on their jump schedule from pure noise, cluster and Full models, colour
+    matching, Styled-Diff), and its report says so; it differs in scale only, and says that too."""
+    cfg = load_config("gpu")
+    assert paper.method_departures(cfg) == ()
+    method = [k for k in paper.SETTINGS if k.startswith(("ddpm.", "sampling.")) and k not in SCALE_KEYS]
+    assert [d[0] for d in paper.differences(cfg, {k: paper.SETTINGS[k] for k in method})] == []
+    assert cfg.ddpm.train_clusters and cfg.ddpm.train_full and cfg.sampling.also_full
+    assert cfg.sampling.style.guided and cfg.sampling.style.colour_match and cfg.run.device == "auto"
+    lines = _lines("gpu")
+    for topic in ("Variance", "Noise schedule", "RePaint start", "RePaint schedule"):
+        assert lines[topic].status == "equal", lines[topic]
+    assert "960 UNet calls" in lines["RePaint schedule"].text
+    assert "`ddpm.max_steps` = 1,500 (paper: 110,000)" in lines["DDPM training"].text
+    assert "ddpm.learning_rate" not in lines["DDPM training"].text
+    assert {t for t, line in lines.items() if line.status == "differs"} >= {"Resolution", "UNet", "DDPM training", "EMA"}
+    # gpu-real is gpu on real data, as course-real is the course on it
+    real, gpu = load_config("gpu-real").to_dict(), cfg.to_dict()
+    changed = {(s, k) for s in real if isinstance(real[s], dict) for k in real[s] if real[s][k] != gpu[s][k]}
+    assert changed == {("data", "source"), ("data", "train"), ("segmentation", "synthetic_filter")}
+
+
+#: settings of scale, not of method: what the `gpu` profile sizes to one GPU
+SCALE_KEYS = {"ddpm.block_out_channels", "ddpm.batch_size", "ddpm.max_steps", "ddpm.ema_decay", "ddpm.mixed_precision",
+              "sampling.samples_per_image"}

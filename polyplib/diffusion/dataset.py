@@ -94,6 +94,18 @@ class PairDataset(torch.utils.data.Dataset):
             x = x.flip(-1)
         return x
 
+    def to(self, device: torch.device | str) -> "PairDataset":
+        """Keep the pairs (uint8) on ``device``: on a GPU every batch is then gathered, converted and flipped
+        there, and the GPU never waits for a host-to-device copy (a 348-pair cluster at 256 px is 91 MB)."""
+        self.data = self.data.to(device)
+        return self
+
     def batch(self, start: int, size: int) -> torch.Tensor:
-        """The ``size`` samples at stream positions ``start ..``: a size x 4 x H x W tensor."""
-        return torch.stack([self._get(e, i) for e, i in stream_indices(len(self), start, size, self.seed)])
+        """The ``size`` samples at stream positions ``start ..``: a size x 4 x H x W tensor on the data's device,
+        the values ``__getitem__`` gives, gathered in one indexing call."""
+        plan = stream_indices(len(self), start, size, self.seed)
+        x = self.data[torch.tensor([i for _, i in plan], device=self.data.device)].float().div(127.5).sub(1.0)
+        if self.hflip:
+            flips = [flip_of(len(self), e, i, self.seed) for e, i in plan]
+            x = torch.where(torch.tensor(flips, device=x.device)[:, None, None, None], x.flip(-1), x)
+        return x

@@ -142,7 +142,7 @@ class Trainer:
         # ddpm.mixed_precision=auto: bf16 (fp16 on older GPUs) on CUDA, bf16 on CPUs that have it, else no
         acc = self.accelerator = make_accelerator(self.cfg.run.device, self.ddpm.mixed_precision,
                                                   self.ddpm.gradient_accumulation_steps)
-        self.dataset = PairDataset(self.prepared, self.ids, hflip=self.ddpm.hflip, seed=self.ddpm.seed)
+        self.dataset = PairDataset(self.prepared, self.ids, hflip=self.ddpm.hflip, seed=self.ddpm.seed).to(acc.device)
         model = build_unet(self.ddpm, self.dataset.resolution, seed=self.ddpm.seed)
         self.scheduler = build_scheduler(self.ddpm)
         self.chain = Chain.from_config(self.scheduler.config)   # the full T-step chain

@@ -73,7 +73,7 @@ class InceptionFeatures:
     or up to ~1.4x faster than the default (benchmarks/bench_metrics.py; noisy), with the same
     features within float tolerance (tested against the wheel's own model)."""
 
-    def __init__(self, weights: FidWeights, device: str = "auto", batch_size: int = 16, resize: str = "clean"):
+    def __init__(self, weights: FidWeights, device: str = "auto", batch_size: int | None = None, resize: str = "clean"):
         import torch
         from torch_fidelity.utils import create_feature_extractor
 
@@ -82,7 +82,8 @@ class InceptionFeatures:
         self.resize = resize
         self.weights = weights
         self.device = str(resolve_device(device))
-        self.batch_size = batch_size
+        # a GPU takes many 299 px images at once; on a CPU a larger batch only holds more memory
+        self.batch_size = batch_size or (128 if self.device.startswith("cuda") else 16)
         try:
             model = create_feature_extractor("inception-v3-compat", [FEATURE_LAYER], cuda=False, verbose=False,
                                              feature_extractor_weights_path=str(weights.path))

@@ -181,7 +181,7 @@ class GanTrainer:
     # -- setup
     def _setup(self):
         acc = self.accelerator = make_gan_accelerator(self.cfg)
-        self.dataset = PairDataset(self.prepared, self.ids, hflip=True, seed=self.gan.seed)
+        self.dataset = PairDataset(self.prepared, self.ids, hflip=True, seed=self.gan.seed).to(acc.device)
         self.arch = GanArch(self.dataset.resolution, self.gan.z_dim, self.gan.base_channels)
         g, d = build_models(self.arch, self.gan.seed)
         self.layout = memory_format(acc.device)
