@@ -123,11 +123,14 @@ def largest_batch(cfg, max_batch: int) -> tuple[list[dict], str]:
     rows, batch = [], 1
     device = resolve_device(cfg.run.device)
     while batch <= max_batch:
+        full = False
         try:
             rows.append(trainer_throughput(cfg, batch))
         except (RuntimeError, torch.OutOfMemoryError) as exc:
             if not out_of_memory(exc):
                 raise
+            full = True
+        if full:                 # outside the except block: its traceback no longer holds the failed model
             free_memory(device)
             return rows, f"out of memory at batch {batch}"
         print(json.dumps(rows[-1]), flush=True)
